@@ -94,8 +94,8 @@ class ModelSpec:
             raise bad("modalities", f"need one or more distinct names, got {list(self.modalities)}")
         if self.method not in METHODS:
             raise bad("method", f"'{self.method}' is not one of {list(METHODS)}")
-        if not isinstance(self.input_size, int) or not 16 <= self.input_size <= 4096:
-            raise bad("input_size", f"{self.input_size!r} is not an integer in 16..4096")
+        if not isinstance(self.input_size, int) or not 8 <= self.input_size <= 4096:
+            raise bad("input_size", f"{self.input_size!r} is not an integer in 8..4096")
         if self.channel_layout not in CHANNEL_LAYOUTS:
             raise bad("channel_layout", f"'{self.channel_layout}' is not one of {list(CHANNEL_LAYOUTS)}")
         for name in ("mean", "std"):
