@@ -239,7 +239,7 @@ class CellDataset:
                         while block := f.read(1 << 20):
                             h.update(hashlib.sha256(block).digest())
                 except OSError as e:
-                    raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+                    raise DataError(f"{show_path(path)}: cannot read ({e.strerror or e})") from None
                 h.update(b"\x01")
             self._fingerprint = h.hexdigest()
         return self._fingerprint
@@ -251,18 +251,32 @@ class CellDataset:
             return Path(path).as_posix()
 
 
-def check_file(path: Path) -> None:
-    """Cheap check at open time: the file exists and is not empty."""
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be an image file (missing, not a file, empty), or None if it may be one."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        return "file not found"
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+        return f"cannot read ({e.strerror or e})"
     if not path.is_file():
-        raise DataError(f"{path}: not a file")
+        return "not a file"
     if size == 0:
-        raise DataError(f"{path}: empty file (0 bytes)")
+        return "empty file (0 bytes)"
+    return None
+
+
+def check_file(path: Path) -> None:
+    """Cheap check at open time: the file exists and is not empty (the image is decoded at `load`)."""
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"{show_path(path)}: {problem}")
+
+
+def show_path(path: Path | str) -> str:
+    """A path for a one-line message: as is when printable, else quoted with escapes."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 def check_same_size(cell: CellRecord, images: dict[str, np.ndarray]) -> None:
@@ -275,6 +289,6 @@ def check_same_size(cell: CellRecord, images: dict[str, np.ndarray]) -> None:
         h, w = images[light].shape[:2]
         if (h, w) != (h0, w0):
             raise DataError(
-                f"{cell.paths[light]}: light {show(light)} of cell {show(cell.cell_id)} is {w}x{h} pixels "
-                f"but light {show(first)} ({cell.paths[first].name}) is {w0}x{h0}"
+                f"{show_path(cell.paths[light])}: light {show(light)} of cell {show(cell.cell_id)} is {w}x{h} pixels "
+                f"but light {show(first)} ({show_path(cell.paths[first].name)}) is {w0}x{h0}"
             )

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from wbc_edge.data.dataset import CellDataset, CellRecord, ClassNames, check_file, check_on_error, order_lights, show
+from wbc_edge.data.dataset import CellDataset, CellRecord, ClassNames, check_file, check_on_error, order_lights, show, show_path
 from wbc_edge.data.manifest import MANIFEST_NAME, read_manifest
 from wbc_edge.errors import DataError
 
@@ -39,10 +39,10 @@ def open_dataset(
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise DataError(f"{path}: not a dataset (expected a folder or a manifest .csv)")
+            raise DataError(f"{show_path(path)}: not a dataset (expected a folder or a manifest .csv)")
         return read_manifest(path, classes, modalities, on_error)
     if not path.is_dir():
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(f"{show_path(path)}: no such file or folder")
     if (path / MANIFEST_NAME).is_file():
         return read_manifest(path / MANIFEST_NAME, classes, modalities, on_error)
     return read_folder(path, classes, modalities, on_error)
@@ -56,7 +56,7 @@ def _list_dir(folder: Path) -> list[Path]:
     try:
         return _visible(folder.iterdir())
     except OSError as e:
-        raise DataError(f"{folder}: cannot list folder ({e.strerror or e})") from None
+        raise DataError(f"{show_path(folder)}: cannot list folder ({e.strerror or e})") from None
 
 
 def _is_image(p: Path) -> bool:
@@ -91,21 +91,21 @@ def read_folder(
             fail(entry.name, str(e))
     if not class_dirs:
         detail = f" ({len(skipped)} skipped; first: {skipped[0][1]})" if skipped else ""
-        raise DataError(f"{root}: empty dataset (no class folders such as {root}/{names.names[0]}/){detail}")
+        raise DataError(f"{show_path(root)}: empty dataset (no class folders such as {show_path(root / names.names[0])}/){detail}")
 
     contents = {d: _list_dir(d) for d, _ in class_dirs}
     has_cell_dirs = any(e.is_dir() for entries in contents.values() for e in entries)
     has_images = any(_is_image(e) for entries in contents.values() for e in entries)
     if has_cell_dirs and has_images:
         mixed = next(d for d, entries in contents.items() if any(_is_image(e) for e in entries))
-        raise DataError(f"{mixed}: images directly in a class folder, but other class folders hold cell folders; use one layout")
+        raise DataError(f"{show_path(mixed)}: images directly in a class folder, but other class folders hold cell folders; use one layout")
 
     if has_cell_dirs:
         cells, lights = _four_light_cells(class_dirs, contents, modalities, fail)
         layout = "folder"
     else:
         if modalities is not None and tuple(modalities) != (SINGLE_LIGHT,):
-            raise DataError(f"{root}: a single-light folder has one light named {SINGLE_LIGHT!r}, not {list(modalities)}")
+            raise DataError(f"{show_path(root)}: a single-light folder has one light named {SINGLE_LIGHT!r}, not {list(modalities)}")
         cells = _single_light_cells(class_dirs, contents, fail)
         lights = (SINGLE_LIGHT,)
         layout = "single-light folder"
@@ -115,7 +115,7 @@ def read_folder(
     for cell in cells:
         first_path = next(iter(cell.paths.values()))
         if cell.cell_id in seen:
-            fail(cell.cell_id, f"{first_path}: duplicate cell id {show(cell.cell_id)} (also {seen[cell.cell_id]})")
+            fail(cell.cell_id, f"{show_path(first_path)}: duplicate cell id {show(cell.cell_id)} (also {show_path(seen[cell.cell_id])})")
             continue
         seen[cell.cell_id] = first_path
         try:
@@ -127,7 +127,7 @@ def read_folder(
         kept.append(cell)
     if not kept:
         detail = f" ({len(skipped)} skipped; first: {skipped[0][1]})" if skipped else ""
-        raise DataError(f"{root}: empty dataset (no usable cells){detail}")
+        raise DataError(f"{show_path(root)}: empty dataset (no usable cells){detail}")
     return CellDataset(kept, names.names, lights, root, layout=layout, skipped=skipped, on_error=on_error)
 
 
@@ -142,7 +142,7 @@ def _four_light_cells(class_dirs, contents, modalities, fail) -> tuple[list[Cell
                 if not _is_image(f):
                     continue
                 if f.stem in images:
-                    fail(cell_dir.name, f"{f}: second image for light {show(f.stem)} (also {images[f.stem].name})")
+                    fail(cell_dir.name, f"{show_path(f)}: second image for light {show(f.stem)} (also {images[f.stem].name})")
                     images = {}
                     break
                 images[f.stem] = f
@@ -156,7 +156,7 @@ def _four_light_cells(class_dirs, contents, modalities, fail) -> tuple[list[Cell
         # The light set most cells share: one stray file in one cell does not change the dataset's lights.
         common = Counter(frozenset(images) for _, _, images, _ in found if images)
         if not common:
-            raise DataError(f"{class_dirs[0][0].parent}: empty dataset (no cell folder holds an image)")
+            raise DataError(f"{show_path(class_dirs[0][0].parent)}: empty dataset (no cell folder holds an image)")
         top = max(common.values())
         lights = max((order_lights(s) for s, n in common.items() if n == top), key=lambda s: (len(s), s))
     cells = []
@@ -164,7 +164,7 @@ def _four_light_cells(class_dirs, contents, modalities, fail) -> tuple[list[Cell
         missing = [light for light in lights if light not in images]
         if missing:
             have = ", ".join(order_lights(images)) or "none"
-            fail(cell_id, f"{cell_dir}: missing light {show(missing[0])} (has: {have})")
+            fail(cell_id, f"{show_path(cell_dir)}: missing light {show(missing[0])} (has: {have})")
             continue
         cells.append(CellRecord(cell_id=cell_id, label=label, group=None, paths={light: images[light] for light in lights}))
     return cells, lights

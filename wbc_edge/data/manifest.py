@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from wbc_edge.bundle import atomic_write_text
-from wbc_edge.data.dataset import CellDataset, CellRecord, ClassNames, check_file, check_on_error, is_inside, show
+from wbc_edge.data.dataset import CellDataset, CellRecord, ClassNames, check_on_error, file_problem, show_path, is_inside, show
 from wbc_edge.errors import DataError
 
 __all__ = ["CellRecord", "MANIFEST_NAME", "read_manifest", "write_manifest"]
@@ -35,16 +35,16 @@ def write_manifest(csv_path: str | os.PathLike, records: Iterable[CellRecord], m
     base = os.path.abspath(csv_path.parent)
     lights = list(modalities)
     if not lights:
-        raise DataError(f"{csv_path}: need one or more lights to write a manifest")
+        raise DataError(f"{show_path(csv_path)}: need one or more lights to write a manifest")
     for light in lights:
         if not isinstance(light, str) or not light.strip() or light != light.strip() or light.casefold() in RESERVED or lights.count(light) > 1:
-            raise DataError(f"{csv_path}: light name {show(light)} cannot be a manifest column (blank, padded, duplicate or reserved)")
+            raise DataError(f"{show_path(csv_path)}: light name {show(light)} cannot be a manifest column (blank, padded, duplicate or reserved)")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([ID_COLUMN, LABEL_COLUMN, GROUP_COLUMN, *lights])
     seen: set[str] = set()
     for record in records:
-        where = f"{csv_path}: cell {show(record.cell_id)}"
+        where = f"{show_path(csv_path)}: cell {show(record.cell_id)}"
         for name, value in (("cell_id", record.cell_id), ("label", record.label)):
             if not isinstance(value, str) or not value.strip() or value != value.strip():
                 raise DataError(f"{where}: {name} must be a non-empty string without surrounding spaces")
@@ -59,8 +59,10 @@ def write_manifest(csv_path: str | os.PathLike, records: Iterable[CellRecord], m
                 raise DataError(f"{where}: no path for light {show(light)}")
             relative = os.path.relpath(os.path.abspath(record.paths[light]), base)
             relative = Path(relative).as_posix()
-            if not is_inside(relative) or relative != relative.strip():
-                raise DataError(f"{where}: {record.paths[light]} is outside the manifest's folder {base}")
+            if not is_inside(relative):
+                raise DataError(f"{where}: {show_path(record.paths[light])} is outside the manifest's folder {show_path(base)}")
+            if relative != relative.strip():
+                raise DataError(f"{where}: path {show(relative)} has surrounding spaces (fields are stripped on reading)")
             row.append(relative)
         writer.writerow(row)
     atomic_write_text(csv_path, out.getvalue())
@@ -85,7 +87,7 @@ def read_manifest(
     names = ClassNames(classes)
     rows = _read_rows(csv_path)
     if not rows:
-        raise DataError(f"{csv_path}: empty manifest (no header row)")
+        raise DataError(f"{show_path(csv_path)}: empty manifest (no header row)")
     header_line, header = rows[0]
     columns = _parse_header(csv_path, header_line, header)
     path_columns = [c for c in columns if c.casefold() not in RESERVED]
@@ -95,9 +97,9 @@ def read_manifest(
         lights = list(modalities)
         for light in lights:
             if light not in path_columns:
-                raise DataError(f"{csv_path}: missing column {show(light)} for a requested light (path columns: {path_columns})")
+                raise DataError(f"{show_path(csv_path)}: missing column {show(light)} for a requested light (path columns: {path_columns})")
     if not lights:
-        raise DataError(f"{csv_path}: no image path columns (header needs {ID_COLUMN},{LABEL_COLUMN}[,{GROUP_COLUMN}] and one column per light)")
+        raise DataError(f"{show_path(csv_path)}: no image path columns (header needs {ID_COLUMN},{LABEL_COLUMN}[,{GROUP_COLUMN}] and one column per light)")
     position = {c.casefold() if c.casefold() in RESERVED else c: i for i, c in enumerate(columns)}
 
     root = csv_path.parent
@@ -120,7 +122,7 @@ def read_manifest(
         cells.append(cell)
     if not cells:
         detail = f" ({len(skipped)} skipped; first: {skipped[0][1]})" if skipped else ""
-        raise DataError(f"{csv_path}: no usable cells{detail}")
+        raise DataError(f"{show_path(csv_path)}: no usable cells{detail}")
     return CellDataset(cells, names.names, lights, root, source=csv_path, layout="manifest", skipped=skipped, on_error=on_error)
 
 
@@ -129,20 +131,20 @@ def _read_rows(csv_path: Path) -> list[tuple[int, list[str]]]:
     try:
         text = csv_path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
-        raise DataError(f"{csv_path}: manifest not found") from None
+        raise DataError(f"{show_path(csv_path)}: manifest not found") from None
     except IsADirectoryError:
-        raise DataError(f"{csv_path}: is a folder, not a manifest CSV") from None
+        raise DataError(f"{show_path(csv_path)}: is a folder, not a manifest CSV") from None
     except OSError as e:
-        raise DataError(f"{csv_path}: cannot read ({e.strerror or e})") from None
+        raise DataError(f"{show_path(csv_path)}: cannot read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{csv_path}: not UTF-8 text (byte {e.start})") from None
+        raise DataError(f"{show_path(csv_path)}: not UTF-8 text (byte {e.start})") from None
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows = []
     try:
         for fields in reader:
             rows.append((reader.line_num, fields))
     except csv.Error as e:
-        raise DataError(f"{csv_path} line {reader.line_num}: malformed CSV ({e})") from None
+        raise DataError(f"{show_path(csv_path)} line {reader.line_num}: malformed CSV ({e})") from None
     while rows and not any(f.strip() for f in rows[0][1]):
         rows.pop(0)
     return rows
@@ -154,18 +156,18 @@ def _parse_header(csv_path: Path, line: int, header: list[str]) -> list[str]:
     for i, name in enumerate(columns):
         key = name.casefold() if name.casefold() in RESERVED else name
         if not name:
-            raise DataError(f"{csv_path} line {line}: column {i + 1} of the header has no name")
+            raise DataError(f"{show_path(csv_path)} line {line}: column {i + 1} of the header has no name")
         if key in seen:
-            raise DataError(f"{csv_path} line {line}: duplicate column {show(name)}")
+            raise DataError(f"{show_path(csv_path)} line {line}: duplicate column {show(name)}")
         seen.add(key)
     for required in (ID_COLUMN, LABEL_COLUMN):
         if required not in seen:
-            raise DataError(f"{csv_path} line {line}: missing column {show(required)} (header: {columns})")
+            raise DataError(f"{show_path(csv_path)} line {line}: missing column {show(required)} (header: {columns})")
     return columns
 
 
 def _parse_row(csv_path, line, row, columns, position, lights, names, root, first_line) -> CellRecord:
-    where = f"{csv_path} line {line}"
+    where = f"{show_path(csv_path)} line {line}"
     if len(row) != len(columns):
         raise DataError(f"{where}: {len(row)} fields, the header has {len(columns)}")
     cell_id = row[position[ID_COLUMN]].strip()
@@ -184,9 +186,8 @@ def _parse_row(csv_path, line, row, columns, position, lights, names, root, firs
         if not is_inside(relative):
             raise DataError(f"{where}: path {show(relative)} for light {show(light)} leaves the manifest's folder (absolute or '..')")
         path = root / relative
-        try:
-            check_file(path)
-        except DataError as e:
-            raise DataError(f"{where}: light {show(light)}: {e}") from None
+        problem = file_problem(path)
+        if problem:
+            raise DataError(f"{where}: light {show(light)}: {show(relative)}: {problem}")
         paths[light] = path
     return CellRecord(cell_id=cell_id, label=label, group=group, paths=paths)
