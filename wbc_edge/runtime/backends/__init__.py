@@ -1,0 +1,166 @@
+"""Choosing and opening an inference backend for a bundle.
+
+`open_backend(bundle, backend, precision)` returns an (inactive) `Runner`; `runner.choice_reason`
+says why that backend and precision were picked. TensorRT is imported only when it is asked for or
+probed, so this package imports without it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+from wbc_edge.bundle import Bundle
+from wbc_edge.errors import BackendUnavailable, BundleError
+from wbc_edge.runtime.backends.base import Runner
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+PRECISIONS = ("auto", "fp32", "int8-cpu", "int8-trt", "fp16", "int8")
+_PASS_KEYS = ("passed", "pass", "accepted", "ok", "gate_passed")
+
+__all__ = ["BACKENDS", "PRECISIONS", "Runner", "open_backend", "gate_verdict", "tensorrt_available"]
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """(usable, why): TensorRT importable and a CUDA device present."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False, "tensorrt is not installed"
+    n = _cuda_device_count()
+    if n is None:
+        return False, "tensorrt is installed but no CUDA runtime binding (cuda-python or pycuda) answers"
+    if n == 0:
+        return False, "tensorrt is installed but no CUDA device is present"
+    return True, f"tensorrt with {n} CUDA device(s)"
+
+
+def _cuda_device_count() -> int | None:
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            cudart = None
+    if cudart is not None:
+        try:
+            err, n = cudart.cudaGetDeviceCount()
+            return int(n) if int(err) == 0 else 0
+        except Exception:  # a broken driver install reports through many exception types
+            return 0
+    try:
+        import pycuda.driver as drv
+
+        drv.init()
+        return drv.Device.count()
+    except ImportError:
+        return None
+    except Exception:
+        return 0
+
+
+def gate_verdict(bundle: Bundle, precision: str) -> tuple[bool | None, str]:
+    """Did the export accuracy gate accept `precision`? (True/False, or None when not recorded)."""
+    if not bundle.has("accuracy.json"):
+        return None, "bundle has no accuracy.json"
+    try:
+        report = bundle.read_json("accuracy.json")
+    except ValueError:
+        return None, "accuracy.json is not valid JSON"
+    entry = _find_precision_entry(report, precision)
+    if entry is None:
+        return None, f"accuracy.json has no entry for {precision}"
+    for key in _PASS_KEYS:
+        if isinstance(entry.get(key), bool):
+            return entry[key], f"accuracy gate {'accepted' if entry[key] else 'rejected'} {precision}"
+    return None, f"accuracy.json entry for {precision} records no verdict"
+
+
+def _find_precision_entry(node: Any, precision: str) -> dict | None:
+    # The gate report is written by export; accept {precision: {...}} at any depth or a list of
+    # {"precision": name, ...} rows, so the runtime does not break if the layout grows.
+    if isinstance(node, dict):
+        if node.get("precision") == precision and any(k in node for k in _PASS_KEYS):
+            return node
+        if isinstance(node.get(precision), dict):
+            return node[precision]
+        children = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return None
+    for child in children:
+        found = _find_precision_entry(child, precision)
+        if found is not None:
+            return found
+    return None
+
+
+def _pick_precision(bundle: Bundle, backend: str, precision: str) -> tuple[str, str]:
+    have = bundle.precisions
+    if precision == "int8":
+        precision = "int8-trt" if backend == "tensorrt" else "int8-cpu"
+    if precision != "auto":
+        if precision not in have:
+            raise BundleError(f"bundle {bundle.path}: has no {precision} model (has {have})")
+        return precision, f"{precision} as asked"
+    candidates = ["int8-trt", "fp16"] if backend == "tensorrt" else ["int8-cpu"]
+    notes = []
+    for cand in candidates:
+        if cand not in have:
+            notes.append(f"no {cand} in bundle")
+            continue
+        if cand.startswith("int8"):
+            ok, why = gate_verdict(bundle, cand)
+            if not ok:
+                notes.append(why)
+                continue
+            return cand, why
+        return cand, f"{cand} present"
+    return "fp32", "fp32 (" + "; ".join(notes) + ")" if notes else "fp32"
+
+
+def open_backend(bundle: Bundle | str, backend: str = "auto", precision: str = "auto",
+                 intra_op_threads: int | None = None, engine_cache: str | None = None) -> Runner:
+    """An inactive runner for the bundle; call `activate()` (or use it as a context manager).
+
+    auto backend: TensorRT when it imports and a CUDA device exists, else ONNX Runtime on CUDA when
+    its provider is installed, else ONNX Runtime on CPU. auto precision: the gate-accepted INT8 variant
+    for that backend if the bundle has one (TensorRT: then FP16), else FP32.
+    """
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.open(bundle)
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"backend '{backend}' is not one of {list(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise BackendUnavailable(f"precision '{precision}' is not one of {list(PRECISIONS)}")
+
+    from wbc_edge.runtime.backends.onnxruntime import OnnxRuntimeRunner, cuda_provider_available
+
+    why_backend = backend + " as asked"
+    if backend in ("auto", "tensorrt"):
+        ok, why = tensorrt_available()
+        if ok:
+            backend, why_backend = "tensorrt", why
+        elif backend == "tensorrt":
+            raise BackendUnavailable(f"backend tensorrt: {why}")
+        else:
+            backend, why_backend = "onnxruntime", why
+    runner: Runner
+    if backend == "tensorrt":
+        prec, why_prec = _pick_precision(bundle, "tensorrt", precision)
+        try:
+            from wbc_edge.runtime.backends.tensorrt import TensorRTRunner
+        except ImportError as e:
+            raise BackendUnavailable(f"backend tensorrt: runner not importable ({e})") from None
+        kw = {"cache": engine_cache} if engine_cache else {}
+        runner = TensorRTRunner.from_bundle(bundle, prec, **kw)
+    else:
+        device = "cuda" if cuda_provider_available() else "cpu"
+        prec, why_prec = _pick_precision(bundle, "onnxruntime", precision)
+        runner = OnnxRuntimeRunner.from_bundle(bundle, prec, device=device, intra_op_threads=intra_op_threads)
+        why_backend += f"; onnxruntime on {device}"
+    runner.choice_reason = f"backend {runner.backend} ({why_backend}), precision {prec} ({why_prec})"
+    log.info("%s", runner.choice_reason)
+    return runner

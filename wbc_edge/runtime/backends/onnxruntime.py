@@ -1,0 +1,82 @@
+"""ONNX Runtime backend: CPU everywhere, CUDA where the CUDA provider is installed and asked for."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+
+from wbc_edge.errors import BackendUnavailable, BundleError
+from wbc_edge.runtime.backends.base import Runner
+from wbc_edge.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as e:  # the base install has it; a trimmed firmware image may not
+        raise BackendUnavailable(f"onnxruntime is not installed ({e})") from None
+    return onnxruntime
+
+
+def cuda_provider_available() -> bool:
+    try:
+        return "CUDAExecutionProvider" in _ort().get_available_providers()
+    except BackendUnavailable:
+        return False
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs one ONNX graph (bytes) with ONNX Runtime.
+
+    device: "cpu", "cuda" (CUDA provider, CPU fallback for unsupported nodes) or "auto" (CUDA when
+    available). intra_op_threads: None lets ONNX Runtime pick (one per physical core).
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, model: bytes, spec: ModelSpec, precision: str = "fp32", device: str = "cpu",
+                 intra_op_threads: int | None = None, name: str | None = None):
+        if device == "auto":
+            device = "cuda" if cuda_provider_available() else "cpu"
+        if device not in ("cpu", "cuda"):
+            raise BackendUnavailable(f"onnxruntime device '{device}' is not one of cpu, cuda, auto")
+        super().__init__(spec, precision=precision, device=device, name=name)
+        self._model = model
+        self.intra_op_threads = intra_op_threads
+        self._session: Any = None
+        self._outputs = list(self.output_names())
+
+    @classmethod
+    def from_bundle(cls, bundle: Any, precision: str = "fp32", **kw: Any) -> "OnnxRuntimeRunner":
+        return cls(bundle.model_bytes(precision), bundle.spec, precision=precision, **kw)
+
+    def _activate_impl(self) -> None:
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.intra_op_threads:
+            opts.intra_op_num_threads = int(self.intra_op_threads)
+        providers = ["CPUExecutionProvider"]
+        if self.device == "cuda":
+            if not cuda_provider_available():
+                raise BackendUnavailable("onnxruntime: CUDAExecutionProvider is not available (install onnxruntime-gpu)")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        try:
+            self._session = ort.InferenceSession(self._model, sess_options=opts, providers=providers)
+        except Exception as e:  # ORT raises its own exception types for a bad graph
+            raise BundleError(f"{self.name}: ONNX Runtime cannot load the model ({str(e).splitlines()[0]})") from None
+        names = {o.name for o in self._session.get_outputs()}
+        missing = [n for n in self._outputs if n not in names]
+        if missing:
+            raise BundleError(f"{self.name}: model has no output {missing[0]!r} (outputs: {sorted(names)})")
+        log.debug("%s: session on %s", self.name, self._session.get_providers())
+
+    def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._session.run(self._outputs, dict(feed))
+        return dict(zip(self._outputs, values))
+
+    def _deactivate_impl(self) -> None:
+        self._session = None

@@ -1,0 +1,253 @@
+"""TensorRT backend: a serialized engine run with pinned host buffers, async copies and dynamic batch.
+
+At activation (once): deserialize the engine, read its I/O tensors and the profile's batch range,
+allocate one pinned host buffer and one device buffer per tensor for the profile's largest batch,
+create the stream and the execution context and bind the device addresses. Per batch: copy the uint8
+pixels into the pinned input, `set_input_shape`, copy H2D, `execute_async_v3`, copy D2H, synchronize.
+Works the same on TensorRT 10.x and 11.x (the name-based tensor API exists in both).
+
+`tensorrt` and the CUDA layer are imported at activation, never at module import.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from wbc_edge.errors import BackendUnavailable, BundleError, SpecError
+from wbc_edge.runtime.backends.base import Runner
+from wbc_edge.runtime.backends.cuda_memory import CudaMemory, DeviceBuffer, Stream, open_cuda_memory
+from wbc_edge.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# Bundle precision names -> the engine precision they build.
+_ENGINE_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int8-trt": "int8"}
+
+
+def _import_tensorrt() -> Any:
+    try:
+        import tensorrt  # noqa: PLC0415
+    except ImportError as e:
+        raise BackendUnavailable(f"tensorrt: not importable ({e}); see docs/tensorrt.md") from None
+    return tensorrt
+
+
+@dataclass
+class TensorBinding:
+    """One engine I/O tensor and its buffers, sized for the profile's largest batch."""
+
+    name: str
+    is_input: bool
+    dtype: np.dtype
+    max_shape: tuple[int, ...]
+    host: np.ndarray  # pinned, max_shape
+    device: DeviceBuffer
+
+    def host_view(self, batch: int) -> np.ndarray:
+        """The first `batch` rows of the pinned buffer: contiguous, so it can be copied as one block."""
+        return self.host[:batch]
+
+
+def binding_shapes(engine: Any, trt: Any, profile_index: int = 0) -> tuple[list[tuple[str, bool, np.dtype, tuple[int, ...]]], tuple[int, int]]:
+    """Per I/O tensor (name, is_input, dtype, shape at the profile's max batch), and (min, max) batch.
+
+    Output shapes come from the engine with the dynamic batch axis (-1) replaced by the max batch;
+    any other dynamic axis is refused, since this model's outputs are [B, K] and [B, H, K].
+    """
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    if len(inputs) != 1:
+        raise BundleError(f"TensorRT engine: expected one input tensor, has {inputs}")
+    lo_shape, _, hi_shape = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(inputs[0], profile_index))
+    min_batch, max_batch = lo_shape[0], hi_shape[0]
+    out = []
+    for name in names:
+        is_input = name == inputs[0]
+        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+        if is_input:
+            shape = hi_shape
+        else:
+            shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+            if shape and shape[0] == -1:
+                shape = (max_batch,) + shape[1:]
+            if any(d < 0 for d in shape):
+                raise BundleError(f"TensorRT engine: output '{name}' has dynamic axes {shape} besides the batch")
+        out.append((name, is_input, dtype, shape))
+    return out, (min_batch, max_batch)
+
+
+class TensorRTRunner(Runner):
+    """Runs a serialized TensorRT engine.
+
+    engine: the serialized engine bytes, a path to an engine file, or a callable returning bytes (called at
+    activation, so construction stays cheap). `memory`: 'auto' (pycuda, then cuda-python), a library
+    name, or a factory returning a `CudaMemory` (tests pass a fake). `on_stale`: called once when TensorRT
+    refuses to deserialize the engine (built by another TensorRT or for another GPU); it returns fresh bytes.
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, engine: bytes | str | os.PathLike | Callable[[], bytes], spec: ModelSpec, precision: str = "fp16",
+                 memory: str | Callable[[], CudaMemory] = "auto", trt_module: Any | None = None,
+                 on_stale: Callable[[], bytes] | None = None, name: str | None = None):
+        super().__init__(spec, precision=precision, device="cuda", name=name)
+        self._engine_source = engine
+        self._memory_choice = memory
+        self._trt_module = trt_module
+        self._on_stale = on_stale
+        self._trt: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._memory: CudaMemory | None = None
+        self._stream: Stream | None = None
+        self._bindings: dict[str, TensorBinding] = {}
+        self.batch_range: tuple[int, int] | None = None
+
+    @classmethod
+    def from_bundle(cls, bundle: Any, precision: str = "fp16", cache: Any = None, batch_range: Sequence[int] | None = None,
+                    fp16_source: str = "auto", **kw: Any) -> "TensorRTRunner":
+        """A runner whose engine comes from the engine cache, built from the bundle's ONNX on first use.
+
+        precision: 'fp32', 'fp16', 'int8' or 'int8-trt'; cache: an EngineCache, a cache folder, or None
+        (the default folder). The build happens at activation, not here.
+        """
+        if precision not in _ENGINE_PRECISION:
+            raise BundleError(f"precision '{precision}': TensorRT builds {sorted(_ENGINE_PRECISION)}")
+        # Import here: the export package is not part of the runtime's import graph until TensorRT is used.
+        from wbc_edge.export.tensorrt import DEFAULT_BATCH_RANGE, EngineCache, engine_from_bundle  # noqa: PLC0415
+
+        engine_cache = cache if isinstance(cache, EngineCache) else EngineCache(cache)
+        engine_precision = _ENGINE_PRECISION[precision]
+        batches = tuple(batch_range) if batch_range is not None else DEFAULT_BATCH_RANGE
+        trt_module = kw.get("trt_module")
+        state: dict[str, str] = {}
+
+        def load() -> bytes:
+            engine, key = engine_from_bundle(bundle, engine_precision, engine_cache, batches, fp16_source=fp16_source, trt_module=trt_module)
+            state["key"] = key
+            return engine
+
+        def rebuild() -> bytes:
+            engine_cache.invalidate(state["key"])
+            return load()
+
+        return cls(load, bundle.spec, precision=precision, on_stale=rebuild, **kw)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def _load_engine_bytes(self) -> bytes:
+        source = self._engine_source
+        if callable(source):
+            return bytes(source())
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return bytes(source)
+        path = Path(source)
+        if not path.is_file():
+            raise BundleError(f"TensorRT engine {path}: no such file")
+        return path.read_bytes()
+
+    def _deserialize(self, runtime: Any, data: bytes) -> Any:
+        engine = runtime.deserialize_cuda_engine(data)
+        if engine is None and self._on_stale is not None:
+            log.warning("%s: TensorRT %s cannot load this engine (another TensorRT version or GPU?): rebuilding it", self.name, self._trt.__version__)
+            engine = runtime.deserialize_cuda_engine(self._on_stale())
+        if engine is None:
+            raise BundleError(f"{self.name}: TensorRT {self._trt.__version__} cannot deserialize the engine (built by another TensorRT version or for another GPU; rebuild it)")
+        return engine
+
+    def _open_memory(self) -> CudaMemory:
+        choice = self._memory_choice
+        return choice() if callable(choice) else open_cuda_memory(choice)
+
+    def _activate_impl(self) -> None:
+        self._trt = trt = self._trt_module if self._trt_module is not None else _import_tensorrt()
+        data = self._load_engine_bytes()
+        # The CUDA context must exist before TensorRT touches the device (pycuda pushes it here).
+        self._memory = self._open_memory()
+        try:
+            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self._engine = self._deserialize(self._runtime, data)
+            specs, self.batch_range = binding_shapes(self._engine, trt)
+            self._check_engine_io([(n, i) for n, i, _, _ in specs])
+            self._stream = self._memory.create_stream()
+            self._bindings = {}
+            for name, is_input, dtype, shape in specs:
+                host = self._memory.pinned_empty(shape, dtype)
+                device = self._memory.device_alloc(host.nbytes)
+                self._bindings[name] = TensorBinding(name, is_input, dtype, shape, host, device)
+            self._context = self._engine.create_execution_context()
+            if self._context is None:
+                raise BackendUnavailable(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
+            for b in self._bindings.values():
+                self._context.set_tensor_address(b.name, b.device.ptr)
+        except BaseException:
+            self._release()
+            raise
+        log.info("%s: engine ready, batch %d..%d, CUDA memory via %s", self.name, *self.batch_range, self._memory.name)
+
+    def _check_engine_io(self, io: list[tuple[str, bool]]) -> None:
+        names = {n for n, _ in io}
+        inputs = [n for n, is_in in io if is_in]
+        if inputs != [self.spec.input_name]:
+            raise SpecError(f"{self.name}: engine input {inputs} is not the spec's input '{self.spec.input_name}'")
+        for wanted in self.output_names():
+            if wanted not in names:
+                raise SpecError(f"{self.name}: engine has no output '{wanted}' (tensors {sorted(names)})")
+
+    def _release(self) -> None:
+        self._context = None
+        self._engine = None
+        self._bindings = {}
+        if self._memory is not None:
+            self._memory.close()
+        self._memory = None
+        self._stream = None
+
+    def _deactivate_impl(self) -> None:
+        self._release()
+
+    # ---- metadata and inference --------------------------------------------------------------
+    def _check_feed(self, feed: Mapping[str, np.ndarray]) -> None:
+        super()._check_feed(feed)
+        arr = feed[self.spec.input_name]
+        binding = self._bindings[self.spec.input_name]
+        if binding.dtype != arr.dtype:
+            raise SpecError(f"{self.name}: engine input '{binding.name}' is {binding.dtype}, the feed is {arr.dtype}")
+
+    def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = feed[self.spec.input_name]
+        max_batch = self.batch_range[1]
+        if len(x) <= max_batch:
+            return self._infer_chunk(x)
+        # Larger than the profile allows: run it in profile-sized chunks rather than refuse.
+        parts = [self._infer_chunk(x[i : i + max_batch]) for i in range(0, len(x), max_batch)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _infer_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(x)
+        min_batch = self.batch_range[0]
+        run_batch = max(n, min_batch)  # a profile starting above 1 gets zero-padded rows
+        memory, stream = self._memory, self._stream
+        inp = self._bindings[self.spec.input_name]
+        view = inp.host_view(run_batch)
+        view[:n] = x
+        if run_batch > n:
+            view[n:] = 0
+        self._context.set_input_shape(inp.name, view.shape)
+        memory.copy_htod_async(inp.device, view, stream)
+        if not self._context.execute_async_v3(stream.handle):
+            raise BackendUnavailable(f"{self.name}: TensorRT execute_async_v3 failed (see TensorRT's log)")
+        outputs = [b for b in self._bindings.values() if not b.is_input]
+        views = {}
+        for b in outputs:
+            shape = tuple(int(d) for d in self._context.get_tensor_shape(b.name))
+            out_view = b.host_view(shape[0] if shape else run_batch)
+            memory.copy_dtoh_async(out_view, b.device, stream)
+            views[b.name] = out_view
+        memory.synchronize(stream)
+        # Copy out of the pinned buffers: the next batch overwrites them.
+        return {name: v[:n].copy() for name, v in views.items() if name in self.output_names()}

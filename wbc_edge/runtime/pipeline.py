@@ -1,0 +1,508 @@
+"""The analyzer: camera frames -> four-light sets -> cell crops -> batched inference -> counted results.
+
+Four stages overlap in threads joined by bounded queues:
+
+    capture (source.read)  ->  prepare (assemble, locate, crop)  ->  infer (batches by size and wait)
+        ->  output (write, count, callbacks; runs in the caller's thread)
+
+A live source drops the oldest waiting frame instead of falling behind (counted); a file source
+blocks instead, so it loses nothing. `stop()` (safe to call from a signal handler) ends capture and
+lets everything already read drain through to the results file, so nothing computed is lost.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from wbc_edge.bundle import Bundle
+from wbc_edge.errors import DataError, SpecError, WbcError
+from wbc_edge.runtime.results import (FLAG_HEADS_DISAGREE, FLAG_MISSING_PREFIX, CellResult, Differential,
+                                      ResultWriter, RunSummary)
+from wbc_edge.runtime.stats import RunStats
+
+log = logging.getLogger(__name__)
+
+LOCATOR_LIGHT = "fluorescent"  # stained nuclei are found in the dark-field fluorescence frame
+MISSING_LIGHT_POLICIES = ("skip", "heads")
+_END = object()  # end-of-stream marker passed down the queues
+_POLL_S = 0.05
+
+
+@dataclass
+class _SetWork:
+    """One four-light set on its way through the pipeline."""
+
+    index: int
+    time: float
+    light_set: Any
+    boxes: list[tuple[int, int, int, int]]
+    inputs: np.ndarray  # uint8 [n, 3M, S, S]
+    present_heads: list[int]
+    missing: list[str]
+    flags: list[str]
+    skipped: str | None = None  # why the set was not classified
+    probs: np.ndarray | None = None
+    head_probs: np.ndarray | None = None
+    done_rows: int = 0
+
+    @property
+    def n(self) -> int:
+        return 0 if self.skipped else len(self.boxes)
+
+
+@dataclass
+class _RunState:
+    stop_reason: str = ""
+    error: BaseException | None = None
+    frames_dropped: int = 0
+    frames_rejected: int = 0
+    sets_skipped: int = 0
+    cells_discarded: int = 0
+    source_error: str = ""
+    flag_counts: dict[str, int] = field(default_factory=dict)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+
+def _box_tuple(box: Any) -> tuple[int, int, int, int]:
+    if all(hasattr(box, a) for a in ("x0", "y0", "x1", "y1")):
+        return (int(box.x0), int(box.y0), int(box.x1), int(box.y1))
+    if hasattr(box, "box"):
+        return _box_tuple(box.box)
+    x0, y0, x1, y1 = (int(v) for v in list(box)[:4])
+    return (x0, y0, x1, y1)
+
+
+def _default_crop_px(bundle: Bundle) -> int:
+    meta = bundle.manifest.get("meta", {}) or {}
+    if isinstance(meta.get("crop_px"), (int, float)) and meta["crop_px"] > 0:
+        return int(meta["crop_px"])
+    try:
+        from wbc_edge.synth import CROP_PX  # the simulated camera's crop window, when synth defines it
+
+        return int(CROP_PX)
+    except (ImportError, AttributeError):
+        return int(bundle.spec.input_size)
+
+
+class Analyzer:
+    """Classify the white blood cells a source shows and count the differential.
+
+    bundle_or_path: a `Bundle` or a `.wbc` path. backend/precision: see `open_backend`.
+    batch_size/max_wait_ms: a batch runs when it is full or its oldest cell waited this long.
+    missing_light: "skip" drops a set with a light missing; "heads" fills the light per the spec and
+    combines only the heads of the present lights. Both flag it. crop_px: the crop window in frame
+    pixels (default: the bundle's meta, else the simulated camera's). runner/locator/cropper/
+    assembler_factory replace the defaults (tests, custom hardware).
+    """
+
+    def __init__(self, bundle_or_path: Bundle | str | os.PathLike, backend: str = "auto", precision: str = "auto",
+                 batch_size: int = 8, max_wait_ms: float = 20.0, missing_light: str = "skip",
+                 crop_px: int | None = None, align: bool = False, light_order: Sequence[str] | None = None,
+                 intra_op_threads: int | None = None, gallery_per_class: int = 0, runner: Any = None,
+                 locator: Callable[[np.ndarray], list] | None = None, cropper: Callable[..., Any] | None = None,
+                 assembler_factory: Callable[[Sequence[str]], Any] | None = None):
+        self.bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else Bundle.open(bundle_or_path)
+        self.spec = self.bundle.spec
+        if missing_light not in MISSING_LIGHT_POLICIES:
+            raise SpecError(f"missing_light '{missing_light}' is not one of {list(MISSING_LIGHT_POLICIES)}")
+        if batch_size < 1:
+            raise SpecError(f"batch_size {batch_size} must be >= 1")
+        self.batch_size = int(batch_size)
+        self.max_wait_s = max(0.0, float(max_wait_ms) / 1000.0)
+        self.missing_light = missing_light
+        self.crop_px = int(crop_px) if crop_px else _default_crop_px(self.bundle)
+        self.align = bool(align)
+        self.light_order = tuple(light_order) if light_order else tuple(self.spec.modalities)
+        if runner is None:
+            from wbc_edge.runtime.backends import open_backend
+
+            runner = open_backend(self.bundle, backend=backend, precision=precision, intra_op_threads=intra_op_threads)
+        self.runner = runner
+        self._locate = locator
+        self._crop = cropper
+        self._assembler_factory = assembler_factory
+        self.gallery_per_class = int(gallery_per_class)
+        self.gallery: dict[str, list[np.ndarray]] = {}
+        self._gallery_light = next((i for i, m in enumerate(self.spec.modalities) if m != LOCATOR_LIGHT), 0)
+        self.stats = RunStats()
+        self.differential = Differential(self.spec.classes)
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._stop_reason = ""
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def open(self) -> "Analyzer":
+        if not self.runner.is_active:
+            self.runner.activate()
+        return self
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self) -> "Analyzer":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask a running `analyze` to stop reading and drain; safe from a signal handler."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    @property
+    def description(self) -> str:
+        return f"{self.bundle.path.name} on {self.runner.backend} {self.runner.precision} ({self.runner.device})"
+
+    # ---- the frontend stages (lazy so a custom locator needs no OpenCV contours) -----------
+    def _locate_fn(self) -> Callable[[np.ndarray], list]:
+        if self._locate is None:
+            from wbc_edge.runtime.locator import locate_cells
+
+            self._locate = locate_cells
+        return self._locate
+
+    def _crop_fn(self) -> Callable[..., Any]:
+        if self._crop is None:
+            from wbc_edge.runtime.locator import crop_cells
+
+            self._crop = crop_cells
+        return self._crop
+
+    def _new_assembler(self) -> Any:
+        if self._assembler_factory is None:
+            from wbc_edge.runtime.assembler import LightCycleAssembler
+
+            self._assembler_factory = LightCycleAssembler
+        return self._assembler_factory(self.light_order)
+
+    # ---- one set, synchronously ------------------------------------------------------------
+    def _prepare(self, light_set: Any) -> _SetWork:
+        spec = self.spec
+        images = dict(getattr(light_set, "images", {}) or {})
+        set_flags = getattr(light_set, "flags", None) or []
+        flags = [str(f) for f in (set_flags.keys() if isinstance(set_flags, dict) else set_flags)]
+        missing = [m for m in spec.modalities if images.get(m) is None]
+        if images.get(LOCATOR_LIGHT) is None and LOCATOR_LIGHT not in missing:
+            missing.append(LOCATOR_LIGHT)
+        flags += [FLAG_MISSING_PREFIX + m for m in missing]
+        present_heads = [h for h in range(spec.num_heads)
+                         if spec.head_modality_index(h) is None or spec.modalities[spec.head_modality_index(h)] not in missing]
+        work = _SetWork(index=int(getattr(light_set, "index", 0)), time=time.time(), light_set=light_set, boxes=[],
+                        inputs=np.empty((0,) + spec.input_shape(1)[1:], np.uint8), present_heads=present_heads,
+                        missing=missing, flags=flags)
+        if images.get(LOCATOR_LIGHT) is None:
+            work.skipped = f"no {LOCATOR_LIGHT} frame to locate cells in"
+        elif missing and self.missing_light == "skip":
+            work.skipped = "light missing: " + ", ".join(missing)
+        elif not present_heads:
+            work.skipped = "no head reads a present light"
+        if work.skipped:
+            return work
+        with self.stats.time("locate"):
+            boxes = self._locate_fn()(images[LOCATOR_LIGHT])
+        if boxes:
+            with self.stats.time("crop"):
+                kw = {"align": True} if self.align else {}
+                batch, boxes = self._crop_fn()(light_set, boxes, self.crop_px, spec, **kw)
+            work.inputs = np.ascontiguousarray(batch, dtype=np.uint8)
+            work.boxes = [_box_tuple(b) for b in boxes]
+            if len(work.boxes) != len(work.inputs):
+                raise DataError(f"set {work.index}: cropper returned {len(work.inputs)} crops for {len(work.boxes)} boxes")
+        n = len(work.boxes)
+        work.probs = np.empty((n, spec.num_classes), np.float32)
+        work.head_probs = np.empty((n, spec.num_heads, spec.num_classes), np.float32)
+        return work
+
+    def _infer_rows(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.stats.time("infer"):
+            out = self.runner.infer({self.spec.input_name: batch})
+        return np.asarray(out[self.spec.probs_name]), np.asarray(out[self.spec.head_probs_name])
+
+    def _results(self, work: _SetWork) -> list[CellResult]:
+        if work.skipped or not work.boxes:
+            return []
+        spec = self.spec
+        present = work.present_heads
+        head_names = [spec.heads[h] for h in present]
+        frame_indices = [int(i) for i in (getattr(work.light_set, "frame_indices", None) or [])]
+        out = []
+        for i, box in enumerate(work.boxes):
+            hp = work.head_probs[i]
+            # With a light missing, the combined output averaged a head that saw only the fill value:
+            # recombine from the present heads (head_combine "mean").
+            p = hp[present].mean(axis=0) if work.missing else work.probs[i]
+            k = int(np.argmax(p))
+            flags = list(work.flags)
+            if len(present) > 1 and len({int(np.argmax(hp[h])) for h in present}) > 1:
+                flags.append(FLAG_HEADS_DISAGREE)
+            out.append(CellResult(
+                set_index=work.index, cell_index=i, time=work.time, box=box, label=spec.classes[k],
+                probability=float(p[k]), probs={c: float(v) for c, v in zip(spec.classes, p)},
+                head_probs={name: [float(v) for v in hp[h]] for name, h in zip(head_names, present)},
+                flags=flags, frame_indices=frame_indices))
+        return out
+
+    def classify_set(self, light_set: Any) -> list[CellResult]:
+        """Locate, crop and classify the cells of one four-light set (no threads, nothing written)."""
+        self.open()
+        work = self._prepare(light_set)
+        for start in range(0, work.n, self.batch_size):
+            probs, head_probs = self._infer_rows(work.inputs[start : start + self.batch_size])
+            work.probs[start : start + len(probs)] = probs
+            work.head_probs[start : start + len(probs)] = head_probs
+        return self._results(work)
+
+    # ---- the threaded run ------------------------------------------------------------------
+    def analyze(self, source: Any, sink: Any = None, max_cells: int | None = None, duration: float | None = None,
+                on_result: Callable[[CellResult], None] | None = None,
+                on_set: Callable[[Any, list[CellResult]], None] | None = None) -> RunSummary:
+        """Run until the source ends, `max_cells` cells are counted, `duration` seconds pass or `stop()`.
+
+        source: a FrameSource or a URI for `open_source`. sink: a results path (JSON lines, appended and
+        flushed per cell), an object with `write(CellResult)`, or None. on_result is called per counted
+        cell, on_set per finished set with its results (display, video), both in the caller's thread.
+        """
+        own_source = isinstance(source, (str, os.PathLike))
+        source_name = str(source)
+        if own_source:
+            from wbc_edge.runtime.sources import open_source
+
+            source = open_source(str(source))
+        else:
+            source_name = str(getattr(source, "uri", None) or type(source).__name__)
+        writer, own_writer = sink, False
+        self.open()
+        self._stop.clear()
+        self._abort.clear()
+        self._stop_reason = ""
+        self.stats = RunStats()
+        self.differential = Differential(self.spec.classes)
+        self.gallery = {}
+        state = _RunState()
+        try:
+            if isinstance(sink, (str, os.PathLike)):
+                writer, own_writer = ResultWriter(sink, header=self._header(source_name)), True
+            frames_q: queue.Queue = queue.Queue(maxsize=2 * len(self.light_order))
+            work_q: queue.Queue = queue.Queue(maxsize=4)
+            done_q: queue.Queue = queue.Queue(maxsize=4)
+            for target, args in ((self._capture_stage, (source, frames_q, state)),
+                                 (self._prepare_stage, (frames_q, work_q, state)),
+                                 (self._infer_stage, (work_q, done_q, state))):
+                t = threading.Thread(target=self._guard, args=(target, args, state), daemon=True,
+                                     name=f"wbc-{target.__name__.strip('_')}")
+                t.start()
+                state.threads.append(t)
+            self._output_stage(done_q, writer, state, max_cells, duration, on_result, on_set)
+        except BaseException:
+            self._abort.set()
+            self._stop.set()
+            raise
+        finally:
+            self._stop.set()
+            for t in state.threads:
+                t.join(timeout=5.0)
+            self.stats.stop()
+            if own_writer and writer is not None:
+                writer.close()
+            if own_source:
+                source.close()
+        if state.error is not None:
+            raise state.error
+        return self._summary(source, source_name, state, writer)
+
+    def _guard(self, target: Callable[..., None], args: tuple, state: _RunState) -> None:
+        try:
+            target(*args)
+        except BaseException as e:  # a stage failure ends the run; analyze re-raises it
+            log.debug("stage %s failed", target.__name__, exc_info=True)
+            if state.error is None:
+                state.error = e
+            self._abort.set()
+            self._stop.set()
+
+    def _put(self, q: queue.Queue, item: Any) -> bool:
+        while not self._abort.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _capture_stage(self, source: Any, frames_q: queue.Queue, state: _RunState) -> None:
+        live = bool(getattr(source, "is_live", False))
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    frame = source.read(_POLL_S * 2)
+                except WbcError as e:  # a source that fails for good: keep what was read, say why
+                    state.source_error = str(e)
+                    self.stop(f"source error: {e}")
+                    log.error("%s", e)
+                    break
+                if frame is None:
+                    if not getattr(source, "is_streaming", True):
+                        self.stop("end of source")
+                        break
+                    continue
+                self.stats.record("read", time.perf_counter() - t0)
+                self.stats.count("frames")
+                if live:
+                    while True:  # newest frame wins: drop the oldest waiting one
+                        try:
+                            frames_q.put_nowait(frame)
+                            break
+                        except queue.Full:
+                            try:
+                                frames_q.get_nowait()
+                                state.frames_dropped += 1
+                            except queue.Empty:
+                                pass
+                elif not self._put(frames_q, frame):
+                    return
+        finally:
+            self._put(frames_q, _END)
+
+    def _prepare_stage(self, frames_q: queue.Queue, work_q: queue.Queue, state: _RunState) -> None:
+        assembler = self._new_assembler()
+        while not self._abort.is_set():
+            try:
+                frame = frames_q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            ended = frame is _END
+            try:
+                with self.stats.time("assemble"):
+                    sets = assembler.flush() if ended else assembler.push(frame)
+            except WbcError as e:  # a corrupt frame is reported and skipped; the run goes on
+                state.frames_rejected += 1
+                log.warning("frame %s rejected: %s", getattr(frame, "index", "?"), e)
+                sets = []
+            for light_set in sets or []:
+                self.stats.count("sets")
+                try:
+                    work = self._prepare(light_set)
+                except DataError as e:
+                    log.warning("set %s skipped: %s", getattr(light_set, "index", "?"), e)
+                    state.frames_rejected += 1
+                    continue
+                if not self._put(work_q, work):
+                    return
+            if ended:
+                self._put(work_q, _END)
+                return
+
+    def _infer_stage(self, work_q: queue.Queue, done_q: queue.Queue, state: _RunState) -> None:
+        in_order: deque[_SetWork] = deque()
+        rows: deque[tuple[_SetWork, int, float]] = deque()  # (set, row, arrival time)
+        ended = False
+        while not self._abort.is_set():
+            if not ended:
+                wait = _POLL_S if not rows else min(_POLL_S, max(0.0, rows[0][2] + self.max_wait_s - time.perf_counter()))
+                try:
+                    item = work_q.get(timeout=wait) if wait > 0 else work_q.get_nowait()
+                except queue.Empty:
+                    item = None
+                if item is _END:
+                    ended = True
+                elif item is not None:
+                    in_order.append(item)
+                    now = time.perf_counter()
+                    rows.extend((item, r, now) for r in range(item.n))
+            while rows and (len(rows) >= self.batch_size or ended
+                            or time.perf_counter() >= rows[0][2] + self.max_wait_s):
+                take = [rows.popleft() for _ in range(min(self.batch_size, len(rows)))]
+                batch = np.stack([w.inputs[r] for w, r, _ in take])
+                probs, head_probs = self._infer_rows(batch)
+                for j, (w, r, _) in enumerate(take):
+                    w.probs[r] = probs[j]
+                    w.head_probs[r] = head_probs[j]
+                    w.done_rows += 1
+            while in_order and in_order[0].done_rows >= in_order[0].n:
+                if not self._put(done_q, in_order.popleft()):
+                    return
+            if ended and not rows and not in_order:
+                self._put(done_q, _END)
+                return
+
+    def _output_stage(self, done_q: queue.Queue, writer: Any, state: _RunState, max_cells: int | None,
+                      duration: float | None, on_result: Callable | None, on_set: Callable | None) -> None:
+        started = time.perf_counter()
+        while True:
+            if duration is not None and time.perf_counter() - started >= duration:
+                self.stop("duration")
+            if self._abort.is_set():
+                return
+            try:
+                work = done_q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if work is _END:
+                return
+            if work.skipped:
+                state.sets_skipped += 1
+                log.info("set %d skipped: %s", work.index, work.skipped)
+            results = self._results(work)
+            counted = []
+            for res in results:
+                if max_cells is not None and self.differential.total >= max_cells:
+                    state.cells_discarded += 1  # classified in flight after the differential was full
+                    continue
+                if writer is not None:
+                    with self.stats.time("write"):
+                        writer.write(res)
+                self.differential.add(res.label)
+                self.stats.count("cells")
+                self._keep_for_gallery(work, res)
+                counted.append(res)
+                for f in res.flags:
+                    state.flag_counts[f] = state.flag_counts.get(f, 0) + 1
+                if on_result is not None:
+                    on_result(res)
+                if max_cells is not None and self.differential.total >= max_cells:
+                    self.stop("max_cells")
+            if on_set is not None:
+                on_set(work.light_set, counted)
+
+    def _keep_for_gallery(self, work: _SetWork, res: CellResult) -> None:
+        if self.gallery_per_class <= 0:
+            return
+        kept = self.gallery.setdefault(res.label, [])
+        if len(kept) < self.gallery_per_class:
+            g = self._gallery_light
+            kept.append(np.ascontiguousarray(work.inputs[res.cell_index, 3 * g : 3 * g + 3].transpose(1, 2, 0)))
+
+    def _header(self, source_name: str) -> dict[str, Any]:
+        from wbc_edge import __version__
+
+        return {"classes": list(self.spec.classes), "heads": list(self.spec.heads), "source": source_name,
+                "model": str(self.bundle.path), "backend": self.runner.backend, "precision": self.runner.precision,
+                "device": self.runner.device, "missing_light": self.missing_light, "batch_size": self.batch_size,
+                "crop_px": self.crop_px, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "wbc_edge_version": __version__}
+
+    def _summary(self, source: Any, source_name: str, state: _RunState, writer: Any) -> RunSummary:
+        snap = self.stats.snapshot()
+        source_counters = getattr(source, "counters", None)
+        if isinstance(source_counters, dict):
+            snap["source"] = dict(source_counters)
+        return RunSummary.from_differential(
+            self.differential, flag_counts=dict(state.flag_counts), sets=snap["counters"].get("sets", 0),
+            sets_skipped=state.sets_skipped, frames=snap["counters"].get("frames", 0),
+            frames_dropped=state.frames_dropped, frames_rejected=state.frames_rejected,
+            cells_discarded=state.cells_discarded, duration_s=snap["elapsed_s"],
+            stop_reason=getattr(self, "_stop_reason", "") or "end of source", source=source_name,
+            model=str(self.bundle.path), backend=self.runner.backend, precision=self.runner.precision,
+            results_path=str(getattr(writer, "path", "")) or None, stats=snap)

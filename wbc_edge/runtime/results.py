@@ -1,0 +1,297 @@
+"""Per-cell results, the JSON-lines file that is the run's source of truth, and the differential count.
+
+The results file holds one `{"record": "run", ...}` header line and then one `{"record": "cell", ...}`
+line per classified cell, each appended and flushed as it comes, so a killed run leaves every finished
+line intact. `summarize(path)` rebuilds the differential from the cell lines alone.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from wbc_edge.errors import DataError, WbcError
+
+log = logging.getLogger(__name__)
+
+Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+
+# Flags a cell can carry (also set-level flags from the assembler are copied through).
+FLAG_HEADS_DISAGREE = "heads_disagree"
+FLAG_MISSING_PREFIX = "missing:"  # e.g. "missing:color2": classified with the heads of the present lights
+
+
+class OutputError(WbcError):
+    """The results file cannot be written (disk full, read-only, removed)."""
+
+
+@dataclass
+class CellResult:
+    """One classified cell: where and when it was seen, what it is, how sure each head was."""
+
+    set_index: int
+    cell_index: int
+    time: float
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
+    label: str
+    probability: float
+    probs: dict[str, float]  # combined probabilities per class
+    head_probs: dict[str, list[float]]  # head name -> probabilities in class order (present heads only)
+    flags: list[str] = field(default_factory=list)
+    frame_indices: list[int] = field(default_factory=list)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["box"] = [int(v) for v in self.box]
+        d["class"] = d.pop("label")
+        return {"record": "cell", **d}
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping[str, Any]) -> "CellResult":
+        return cls(
+            set_index=int(d["set_index"]),
+            cell_index=int(d.get("cell_index", 0)),
+            time=float(d.get("time", 0.0)),
+            box=tuple(int(v) for v in d.get("box", (0, 0, 0, 0))),  # type: ignore[arg-type]
+            label=str(d["class"]),
+            probability=float(d["probability"]),
+            probs={str(k): float(v) for k, v in d.get("probs", {}).items()},
+            head_probs={str(k): [float(x) for x in v] for k, v in d.get("head_probs", {}).items()},
+            flags=[str(f) for f in d.get("flags", [])],
+            frame_indices=[int(i) for i in d.get("frame_indices", [])],
+        )
+
+
+def wilson_interval(count: int, total: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a proportion count/total (0..1); (0, 0) when total is 0."""
+    if total <= 0:
+        return (0.0, 0.0)
+    p = count / total
+    denom = 1.0 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class DifferentialRow:
+    label: str
+    count: int
+    percent: float
+    ci_low: float  # percent
+    ci_high: float  # percent
+
+
+class Differential:
+    """Running counts per class with percentages and 95% Wilson intervals."""
+
+    def __init__(self, classes: Sequence[str]):
+        self.classes = list(classes)
+        self.counts: dict[str, int] = {c: 0 for c in self.classes}
+
+    def add(self, label: str) -> None:
+        if label not in self.counts:  # a class the header did not list: keep it, never drop a cell
+            self.classes.append(label)
+            self.counts[label] = 0
+        self.counts[label] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def rows(self) -> list[DifferentialRow]:
+        n = self.total
+        out = []
+        for c in self.classes:
+            k = self.counts[c]
+            lo, hi = wilson_interval(k, n)
+            out.append(DifferentialRow(c, k, 100.0 * k / n if n else 0.0, 100.0 * lo, 100.0 * hi))
+        return out
+
+    def status_line(self) -> str:
+        n = self.total
+        parts = [f"{_abbrev(r.label)} {r.count} ({r.percent:.0f}%)" for r in self.rows()]
+        return f"{n} cells: " + "  ".join(parts)
+
+
+def _abbrev(label: str) -> str:
+    from wbc_edge.spec import CLASS_ABBREV
+
+    return CLASS_ABBREV.get(label, label)
+
+
+@dataclass
+class RunSummary:
+    """What a run counted and how it went; rebuilt from the results file by `summarize`."""
+
+    classes: list[str]
+    counts: dict[str, int]
+    rows: list[DifferentialRow]
+    total_cells: int
+    flag_counts: dict[str, int] = field(default_factory=dict)
+    sets: int = 0
+    sets_skipped: int = 0
+    frames: int = 0
+    frames_dropped: int = 0
+    frames_rejected: int = 0
+    cells_discarded: int = 0  # classified after the max-cells stop, not counted
+    duration_s: float = 0.0
+    stop_reason: str = ""
+    source: str = ""
+    model: str = ""
+    backend: str = ""
+    precision: str = ""
+    results_path: str | None = None
+    bad_lines: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_differential(cls, diff: Differential, **kw: Any) -> "RunSummary":
+        return cls(classes=list(diff.classes), counts=dict(diff.counts), rows=diff.rows(), total_cells=diff.total, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format_table(self) -> str:
+        """The end-of-run table: class, count, percent, 95% CI."""
+        lines = [f"{'class':<12} {'count':>6} {'%':>7}   95% CI", "-" * 40]
+        for r in self.rows:
+            lines.append(f"{r.label:<12} {r.count:>6} {r.percent:>6.1f}%   {r.ci_low:5.1f} - {r.ci_high:5.1f}%")
+        lines.append("-" * 40)
+        lines.append(f"{'total':<12} {self.total_cells:>6}")
+        if self.flag_counts:
+            lines.append("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(self.flag_counts.items())))
+        return "\n".join(lines)
+
+
+class ResultWriter:
+    """Appends one JSON line per cell and flushes it; fsync on close.
+
+    A failing write (disk full, unwritable) raises `OutputError` naming the file; the partial line it
+    may have left is cut off again so every line already in the file still parses.
+    """
+
+    def __init__(self, path: str | os.PathLike, header: Mapping[str, Any] | None = None,
+                 opener: Callable[[str, str], Any] = open):
+        self.path = Path(path)
+        try:
+            if self.path.parent and not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = opener(str(self.path), "ab")
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot open for writing ({e.strerror or e})") from None
+        self._good_size = self._tell()
+        self.lines_written = 0
+        if header is not None:
+            self.write_record({"record": "run", **header})
+
+    def _tell(self) -> int | None:
+        try:
+            return self._file.tell()
+        except (OSError, AttributeError, ValueError):
+            return None
+
+    def write_record(self, record: Mapping[str, Any]) -> None:
+        data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except (OSError, ValueError) as e:
+            self._cut_partial_line()
+            reason = getattr(e, "strerror", None) or str(e)
+            raise OutputError(f"{self.path}: cannot write results ({reason}); "
+                              f"{self.lines_written} lines written so far are intact") from None
+        self.lines_written += 1
+        if self._good_size is not None:
+            self._good_size += len(data)
+
+    def write(self, result: CellResult) -> None:
+        self.write_record(result.to_json_dict())
+
+    def _cut_partial_line(self) -> None:
+        if self._good_size is None:
+            return
+        try:
+            self._file.truncate(self._good_size)
+        except (OSError, ValueError, AttributeError):
+            log.debug("could not truncate %s after a failed write", self.path)
+
+    def close(self) -> None:
+        f, self._file = self._file, None
+        if f is None:
+            return
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+        except (OSError, ValueError, AttributeError):
+            log.debug("fsync of %s failed or unsupported", self.path)
+        finally:
+            try:
+                f.close()
+            except OSError as e:
+                raise OutputError(f"{self.path}: cannot close results file ({e.strerror or e})") from None
+
+    def __enter__(self) -> "ResultWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_results(path: str | os.PathLike) -> tuple[dict[str, Any], list[CellResult], int]:
+    """(header, cells, bad_lines) from a results file; unparsable lines (a killed write) are counted."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read results ({e.strerror or e})") from None
+    header: dict[str, Any] = {}
+    cells: list[CellResult] = []
+    bad = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            kind = rec.get("record", "cell")
+            if kind == "run":
+                header = header or rec
+            elif kind == "cell":
+                cells.append(CellResult.from_json_dict(rec))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            bad += 1
+            log.warning("%s line %d: not a result record, skipped", path, lineno)
+    if not header and not cells:
+        raise DataError(f"{path}: no result records (not a wbc-run results file?)")
+    return header, cells, bad
+
+
+def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
+    """Rebuild the run's differential from its per-cell results file (the source of truth)."""
+    header, cells, bad = read_results(results_jsonl)
+    diff = Differential(header.get("classes") or [])
+    flags: dict[str, int] = {}
+    sets: set[int] = set()
+    for c in cells:
+        diff.add(c.label)
+        sets.add(c.set_index)
+        for f in c.flags:
+            flags[f] = flags.get(f, 0) + 1
+    times = [c.time for c in cells]
+    return RunSummary.from_differential(
+        diff, flag_counts=flags, sets=len(sets), duration_s=(max(times) - min(times)) if times else 0.0,
+        source=str(header.get("source", "")), model=str(header.get("model", "")),
+        backend=str(header.get("backend", "")), precision=str(header.get("precision", "")),
+        results_path=str(results_jsonl), bad_lines=bad, stop_reason="rebuilt from results file")
+
+
+def count_flags(results: Iterable[CellResult]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in results:
+        for f in r.flags:
+            out[f] = out.get(f, 0) + 1
+    return out
