@@ -1,0 +1,447 @@
+"""Fakes for the TensorRT layer's tests: a recording `tensorrt` module (10.x or 11.x flavour), a
+`cudart` (cuda-python) and a pycuda driver whose "device memory" is host memory, and tiny ONNX graphs.
+
+They follow the real APIs' names and signatures (TensorRT 10/11 Python API, cuda-python runtime,
+pycuda.driver) so the code under test makes the same calls it makes on a GPU host. The fake 11.x
+module has no BuilderFlag.FP16/INT8, as TensorRT 11 removed them: touching them fails the test.
+Loaded by path from the runtime tests too (see `load_fakes`). Holds no tests itself.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+
+def load_fakes():
+    """This module, importable from any test file under --import-mode=importlib."""
+    name = "wbc_edge_trt_test_fakes"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+# ---- the computation the fake engine runs ----------------------------------------------------
+def fake_model_outputs(x: np.ndarray, n_heads: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stand-in for the network: per-channel means -> per-head softmax -> mean of heads."""
+    n, c = x.shape[:2]
+    feats = x.reshape(n, c, -1).astype(np.float32).mean(-1) / 255.0
+    idx = (np.arange(n_heads)[:, None] * 3 + np.arange(n_classes)[None, :]) % c
+    logits = feats[:, idx] * (1.0 + np.arange(n_classes, dtype=np.float32))
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    head = (e / e.sum(-1, keepdims=True)).astype(np.float32)
+    return head.mean(1).astype(np.float32), head
+
+
+# ---- host memory posing as device memory -----------------------------------------------------
+class HostHeap:
+    """Allocations by address; every copy is a real memmove, so wrong sizes or offsets show."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, ctypes.Array] = {}
+        self.freed: list[int] = []
+
+    def alloc(self, nbytes: int) -> int:
+        buf = (ctypes.c_uint8 * nbytes)()
+        addr = ctypes.addressof(buf)
+        self.blocks[addr] = buf
+        return addr
+
+    def free(self, addr: int) -> None:
+        if addr not in self.blocks:
+            raise AssertionError(f"free of unknown address {addr:#x}")
+        self.freed.append(addr)
+        del self.blocks[addr]
+
+    def size_of(self, addr: int) -> int:
+        return len(self.blocks[addr])
+
+    def array(self, addr: int, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape)) * dtype.itemsize
+        raw = np.ctypeslib.as_array(ctypes.cast(addr, ctypes.POINTER(ctypes.c_uint8)), (count,))
+        return raw.view(dtype).reshape(shape)
+
+
+def make_fake_cudart(heap: HostHeap | None = None):
+    """A cuda-python `runtime` module: every call returns (err, value...) as the real one does."""
+    heap = heap or HostHeap()
+    rt = types.ModuleType("fake_cudart")
+    ok = "cudaSuccess"
+    rt.cudaError_t = types.SimpleNamespace(cudaSuccess=ok)
+    rt.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H")
+    rt.heap = heap
+    rt.calls = []
+    rt.pinned = set()
+
+    class FakeStreamT(int):
+        pass
+
+    def record(name, *args):
+        rt.calls.append((name, *args))
+
+    def malloc_host(n):
+        addr = heap.alloc(n)
+        rt.pinned.add(addr)
+        record("cudaMallocHost", n)
+        return ok, addr
+
+    def malloc(n):
+        record("cudaMalloc", n)
+        return ok, heap.alloc(n)
+
+    def memcpy_async(dst, src, n, kind, stream):
+        record("cudaMemcpyAsync", kind, n)
+        host = src if kind == "H2D" else dst
+        if not any(a <= host < a + heap.size_of(a) for a in rt.pinned):
+            raise AssertionError("async copy from/to memory that is not pinned")
+        ctypes.memmove(dst, src, n)
+        return (ok,)
+
+    rt.cudaSetDevice = lambda d: (record("cudaSetDevice", d), (ok,))[1]
+    rt.cudaMallocHost = malloc_host
+    rt.cudaMalloc = malloc
+    rt.cudaStreamCreate = lambda: (record("cudaStreamCreate"), (ok, FakeStreamT(77)))[1]
+    rt.cudaMemcpyAsync = memcpy_async
+    rt.cudaStreamSynchronize = lambda s: (record("cudaStreamSynchronize"), (ok,))[1]
+    rt.cudaFree = lambda p: (record("cudaFree"), heap.free(p), (ok,))[2]
+    rt.cudaFreeHost = lambda p: (record("cudaFreeHost"), rt.pinned.discard(p), heap.free(p), (ok,))[3]
+    rt.cudaStreamDestroy = lambda s: (record("cudaStreamDestroy"), (ok,))[1]
+    rt.cudaGetDeviceProperties = lambda d: (ok, types.SimpleNamespace(name=b"Fake Orin\0\0", major=8, minor=7))
+    return rt
+
+
+def make_fake_pycuda_driver(heap: HostHeap | None = None):
+    """A `pycuda.driver` with the calls the runner makes (init, primary context, pagelocked, mem_alloc, Stream, async copies)."""
+    heap = heap or HostHeap()
+    drv = types.ModuleType("fake_pycuda_driver")
+    drv.heap = heap
+    drv.calls = []
+    drv.context_stack = []
+
+    class Context:
+        def push(self):
+            drv.context_stack.append(self)
+
+        def pop(self):
+            drv.context_stack.remove(self)
+
+    class Device:
+        def __init__(self, i):
+            self.i = i
+
+        def retain_primary_context(self):
+            return Context()
+
+        def name(self):
+            return "Fake RTX"
+
+        def compute_capability(self):
+            return (8, 9)
+
+    class Allocation:
+        def __init__(self, n):
+            self.addr = heap.alloc(n)
+
+        def __int__(self):
+            return self.addr
+
+        def free(self):
+            heap.free(self.addr)
+
+    class Stream:
+        def __init__(self):
+            self.handle = 1234
+
+        def synchronize(self):
+            drv.calls.append(("synchronize",))
+
+    def copy(kind, dst_ptr, src_ptr, n, stream):
+        if not isinstance(stream, Stream):
+            raise AssertionError("async copy without a pycuda Stream")
+        drv.calls.append((kind, n))
+        ctypes.memmove(dst_ptr, src_ptr, n)
+
+    drv.init = lambda: drv.calls.append(("init",))
+    drv.Device = Device
+    drv.Stream = Stream
+    drv.pagelocked_empty = lambda shape, dtype: (drv.calls.append(("pagelocked_empty", tuple(shape))), np.empty(shape, dtype))[1]
+    drv.mem_alloc = lambda n: (drv.calls.append(("mem_alloc", n)), Allocation(n))[1]
+    drv.memcpy_htod_async = lambda dst, src, stream: copy("htod", int(dst), src.ctypes.data, src.nbytes, stream)
+    drv.memcpy_dtoh_async = lambda dst, src, stream: copy("dtoh", dst.ctypes.data, int(src), dst.nbytes, stream)
+    return drv
+
+
+# ---- a recording tensorrt module ---------------------------------------------------------------
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, *call) -> None:
+        self.calls.append(call)
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+    def args(self, name: str) -> list[tuple]:
+        return [c[1:] for c in self.calls if c[0] == name]
+
+
+MAGIC = b"FAKETRT|"
+
+
+def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = (), build_fails: bool = False,
+                       progress_monitor: bool = True, heap: HostHeap | None = None):
+    """A `tensorrt` module of the given version. Engines it builds are JSON (profile, I/O names), tagged
+    with the version: its Runtime refuses an engine tagged with another version, as TensorRT does."""
+    major = int(version.split(".")[0])
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    rec = trt.rec = Recorder()
+    heap = heap or HostHeap()
+    trt.heap = heap
+
+    class Logger:
+        WARNING = "WARNING"
+
+        def __init__(self, severity):
+            rec("Logger", severity)
+
+    trt.Logger = Logger
+    if major >= 11:
+        trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)  # deprecated, ignored
+        trt.BuilderFlag = types.SimpleNamespace(TF32=1, REFIT=2)  # FP16, INT8 removed in 11
+    else:
+        trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
+        trt.BuilderFlag = types.SimpleNamespace(FP16=0, INT8=1, TF32=2)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+    trt.DataType = types.SimpleNamespace(UINT8="UINT8", FLOAT="FLOAT", HALF="HALF")
+    trt.nptype = lambda dt: {"UINT8": np.uint8, "FLOAT": np.float32, "HALF": np.float16}[dt]
+
+    if progress_monitor:
+        class IProgressMonitor:
+            def __init__(self):
+                rec("IProgressMonitor.__init__")
+
+        trt.IProgressMonitor = IProgressMonitor
+
+    class Network:
+        def __init__(self, flags):
+            self.flags = flags
+            self.onnx = None
+
+    class Parser:
+        def __init__(self, network, logger):
+            self.network = network
+            self.num_errors = 0
+
+        def parse(self, data):
+            rec("parse", len(data))
+            self.network.onnx = data
+            self.num_errors = len(parse_errors)
+            return not parse_errors
+
+        def get_error(self, i):
+            return parse_errors[i]
+
+    trt.OnnxParser = Parser
+
+    class TimingCache:
+        def __init__(self, data):
+            self.data = bytes(data)
+
+        def serialize(self):
+            return self.data + b"+timings"
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, opt, hi):
+            rec("set_shape", name, tuple(lo), tuple(opt), tuple(hi))
+            self.shapes[name] = [list(lo), list(opt), list(hi)]
+
+    class Config:
+        def __init__(self):
+            self.flags = set()
+            self.profiles = []
+            self.timing_cache = None
+            self.progress_monitor = None
+
+        def set_memory_pool_limit(self, pool, size):
+            rec("set_memory_pool_limit", pool, size)
+
+        def set_flag(self, flag):
+            rec("set_flag", flag)
+            self.flags.add(flag)
+
+        def add_optimization_profile(self, profile):
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        def create_timing_cache(self, data):
+            rec("create_timing_cache", bytes(data))
+            return TimingCache(data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            rec("set_timing_cache", ignore_mismatch)
+            self.timing_cache = cache
+            return True
+
+        def get_timing_cache(self):
+            return self.timing_cache
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags=0):
+            rec("create_network", flags)
+            return Network(flags)
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            rec("build_serialized_network")
+            mon = config.progress_monitor
+            if mon is not None:
+                mon.phase_start("Building engine", None, 2)
+                mon.phase_start("Tactic selection", "Building engine", 3)
+                assert mon.step_complete("Tactic selection", 0) is True
+                mon.phase_finish("Tactic selection")
+                mon.phase_finish("Building engine")
+            if build_fails:
+                return None
+            (name, shapes), = config.profiles[0].shapes.items()
+            body = {"input": name, "profile": shapes, "flags": sorted(config.flags), "network_flags": network.flags,
+                    "onnx_bytes": len(network.onnx)}
+            return MAGIC + version.encode() + b"|" + json.dumps(body).encode()
+
+    trt.Builder = Builder
+
+    # -- runtime side --
+    class Context:
+        def __init__(self, engine):
+            self.engine = engine
+            self.addresses = {}
+            self.input_shape = None
+
+        def set_tensor_address(self, name, ptr):
+            rec("set_tensor_address", name, ptr)
+            self.addresses[name] = ptr
+
+        def set_input_shape(self, name, shape):
+            rec("set_input_shape", name, tuple(shape))
+            lo, _, hi = self.engine.body["profile"]
+            if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+                raise AssertionError(f"input shape {tuple(shape)} outside the profile {lo}..{hi}")
+            self.input_shape = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            n = self.input_shape[0]
+            return self.input_shape if name == self.engine.body["input"] else (n,) + self.engine.out_shapes[name][1:]
+
+        def execute_async_v3(self, stream_handle):
+            rec("execute_async_v3", stream_handle)
+            x = heap.array(self.addresses[self.engine.body["input"]], self.input_shape, np.uint8)
+            probs, head = fake_model_outputs(x, self.engine.n_heads, self.engine.n_classes)
+            n = self.input_shape[0]
+            heap.array(self.addresses["probs"], (n, self.engine.n_classes), np.float32)[...] = probs
+            heap.array(self.addresses["head_probs"], (n, self.engine.n_heads, self.engine.n_classes), np.float32)[...] = head
+            return True
+
+    class Engine:
+        def __init__(self, body, n_heads, n_classes):
+            self.body = body
+            self.n_heads, self.n_classes = n_heads, n_classes
+            self.names = [body["input"], "probs", "head_probs"]
+            self.out_shapes = {"probs": (-1, n_classes), "head_probs": (-1, n_heads, n_classes)}
+
+        @property
+        def num_io_tensors(self):
+            return len(self.names)
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return "INPUT" if name == self.body["input"] else "OUTPUT"
+
+        def get_tensor_dtype(self, name):
+            return "UINT8" if name == self.body["input"] else "FLOAT"
+
+        def get_tensor_shape(self, name):
+            if name == self.body["input"]:
+                return (-1,) + tuple(self.body["profile"][0][1:])
+            return self.out_shapes[name]
+
+        def get_tensor_profile_shape(self, name, profile_index):
+            assert name == self.body["input"] and profile_index == 0
+            return tuple(tuple(s) for s in self.body["profile"])
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            rec("deserialize_cuda_engine", len(data))
+            prefix = MAGIC + version.encode() + b"|"
+            if not bytes(data).startswith(prefix):
+                return None  # another TensorRT version's engine (or garbage): TensorRT returns None
+            body = json.loads(bytes(data)[len(prefix):])
+            return Engine(body, trt.n_heads, trt.n_classes)
+
+    trt.Runtime = Runtime
+    trt.n_heads, trt.n_classes = 4, 5
+    return trt
+
+
+# ---- tiny ONNX graphs with the bundle's I/O contract -----------------------------------------
+def tiny_onnx(spec, variant: str = "fp32") -> bytes:
+    """uint8 pixels -> mean per channel -> (probs, head_probs); 'qdq' adds Q/DQ, 'fp16' a float16 path."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    c, h, k = spec.in_channels, spec.num_heads, spec.num_classes
+    nodes = [helper.make_node("Cast", [spec.input_name], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["xf"], ["m"], axes=[2, 3], keepdims=0)]
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, [c, h * k], np.linspace(-1, 1, c * h * k).tolist()),
+             helper.make_tensor("shape", TensorProto.INT64, [3], [-1, h, k])]
+    src = "m"
+    if variant == "qdq":
+        inits += [helper.make_tensor("s", TensorProto.FLOAT, [], [0.05]), helper.make_tensor("z", TensorProto.INT8, [], [0])]
+        nodes += [helper.make_node("QuantizeLinear", ["m", "s", "z"], ["mq"]), helper.make_node("DequantizeLinear", ["mq", "s", "z"], ["mdq"])]
+        src = "mdq"
+    if variant == "fp16":
+        inits[0] = helper.make_tensor("w", TensorProto.FLOAT16, [c, h * k], np.linspace(-1, 1, c * h * k).astype(np.float16).view(np.uint16).tolist())
+        nodes += [helper.make_node("Cast", ["m"], ["m16"], to=TensorProto.FLOAT16), helper.make_node("MatMul", ["m16", "w"], ["l16"]),
+                  helper.make_node("Cast", ["l16"], ["l"], to=TensorProto.FLOAT)]
+    else:
+        nodes.append(helper.make_node("MatMul", [src, "w"], ["l"]))
+    nodes += [helper.make_node("Reshape", ["l", "shape"], ["l3"]), helper.make_node("Softmax", ["l3"], [spec.head_probs_name], axis=-1),
+              helper.make_node("ReduceMean", [spec.head_probs_name], [spec.probs_name], axes=[1], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info(spec.input_name, TensorProto.UINT8, ["batch", c, spec.input_size, spec.input_size])],
+        [helper.make_tensor_value_info(spec.probs_name, TensorProto.FLOAT, ["batch", k]),
+         helper.make_tensor_value_info(spec.head_probs_name, TensorProto.FLOAT, ["batch", h, k])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
