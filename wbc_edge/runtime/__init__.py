@@ -1,1 +1,45 @@
+"""The wbc-edge runtime: camera frames -> four-light sets -> cell crops -> classifier -> differential.
 
+Embedding API (no torch, imported lazily so `import wbc_edge.runtime` stays cheap):
+
+    from wbc_edge.runtime import Analyzer, open_source
+
+    with Analyzer("model.wbc", missing_light="heads") as analyzer:
+        summary = analyzer.analyze(open_source("/dev/video0"), sink="results.jsonl", max_cells=200)
+    print(summary.format_table())
+
+See docs/runtime.md.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "open_source": "wbc_edge.runtime.sources",
+    "Frame": "wbc_edge.runtime.sources",
+    "LightSet": "wbc_edge.runtime.assembler",
+    "Analyzer": "wbc_edge.runtime.pipeline",
+    "CellResult": "wbc_edge.runtime.results",
+    "RunSummary": "wbc_edge.runtime.results",
+    "Differential": "wbc_edge.runtime.results",
+    "ResultWriter": "wbc_edge.runtime.results",
+    "summarize": "wbc_edge.runtime.results",
+    "open_backend": "wbc_edge.runtime.backends",
+    "Runner": "wbc_edge.runtime.backends.base",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wbc_edge.runtime' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -190,15 +190,16 @@ class Analyzer:
     def _prepare(self, light_set: Any) -> _SetWork:
         spec = self.spec
         images = dict(getattr(light_set, "images", {}) or {})
-        set_flags = getattr(light_set, "flags", None) or []
-        flags = [str(f) for f in (set_flags.keys() if isinstance(set_flags, dict) else set_flags)]
         missing = [m for m in spec.modalities if images.get(m) is None]
         if images.get(LOCATOR_LIGHT) is None and LOCATOR_LIGHT not in missing:
             missing.append(LOCATOR_LIGHT)
-        flags += [FLAG_MISSING_PREFIX + m for m in missing]
+        # set-level flags (assembler) first, then ours; sorted and unique so files compare across runs
+        flags = sorted({str(f) for f in (getattr(light_set, "flags", None) or ())}
+                       | {FLAG_MISSING_PREFIX + m for m in missing})
         present_heads = [h for h in range(spec.num_heads)
                          if spec.head_modality_index(h) is None or spec.modalities[spec.head_modality_index(h)] not in missing]
-        work = _SetWork(index=int(getattr(light_set, "index", 0)), time=time.time(), light_set=light_set, boxes=[],
+        set_time = getattr(light_set, "time", None)
+        work = _SetWork(index=int(getattr(light_set, "index", 0)), time=float(set_time) if set_time else time.time(), light_set=light_set, boxes=[],
                         inputs=np.empty((0,) + spec.input_shape(1)[1:], np.uint8), present_heads=present_heads,
                         missing=missing, flags=flags)
         if images.get(LOCATOR_LIGHT) is None:
@@ -235,7 +236,10 @@ class Analyzer:
         spec = self.spec
         present = work.present_heads
         head_names = [spec.heads[h] for h in present]
-        frame_indices = [int(i) for i in (getattr(work.light_set, "frame_indices", None) or [])]
+        frame_indices = getattr(work.light_set, "frame_indices", None) or {}
+        if not isinstance(frame_indices, dict):
+            frame_indices = dict(zip(self.light_order, frame_indices))
+        frame_indices = {str(k): int(v) for k, v in frame_indices.items() if v is not None}
         out = []
         for i, box in enumerate(work.boxes):
             hp = work.head_probs[i]
@@ -496,6 +500,8 @@ class Analyzer:
     def _summary(self, source: Any, source_name: str, state: _RunState, writer: Any) -> RunSummary:
         snap = self.stats.snapshot()
         source_counters = getattr(source, "counters", None)
+        if callable(source_counters):
+            source_counters = source_counters()
         if isinstance(source_counters, dict):
             snap["source"] = dict(source_counters)
         return RunSummary.from_differential(

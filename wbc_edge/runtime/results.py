@@ -42,7 +42,7 @@ class CellResult:
     probs: dict[str, float]  # combined probabilities per class
     head_probs: dict[str, list[float]]  # head name -> probabilities in class order (present heads only)
     flags: list[str] = field(default_factory=list)
-    frame_indices: list[int] = field(default_factory=list)
+    frame_indices: dict[str, int] = field(default_factory=dict)  # light -> source frame index
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,7 +62,7 @@ class CellResult:
             probs={str(k): float(v) for k, v in d.get("probs", {}).items()},
             head_probs={str(k): [float(x) for x in v] for k, v in d.get("head_probs", {}).items()},
             flags=[str(f) for f in d.get("flags", [])],
-            frame_indices=[int(i) for i in d.get("frame_indices", [])],
+            frame_indices={str(k): int(v) for k, v in (d.get("frame_indices") or {}).items()},
         )
 
 
@@ -74,7 +74,9 @@ def wilson_interval(count: int, total: int, z: float = Z_95) -> tuple[float, flo
     denom = 1.0 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if count == 0 else max(0.0, centre - half)  # exact ends: no 1e-18 rounding residue
+    high = 1.0 if count == total else min(1.0, centre + half)
+    return (low, high)
 
 
 @dataclass

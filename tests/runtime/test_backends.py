@@ -1,0 +1,86 @@
+"""Runner interface, ONNX Runtime backend and automatic backend/precision choice."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from wbc_edge.bundle import Bundle, write_bundle
+from wbc_edge.errors import BackendUnavailable, BundleError, SpecError
+from wbc_edge.runtime.backends import gate_verdict, open_backend
+from wbc_edge.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+
+def test_onnxruntime_runner_matches_numpy(rt_bundle, rt_spec, rt_fakes):
+    path, weights = rt_bundle
+    batch = np.random.default_rng(3).integers(0, 256, size=(5,) + rt_spec.input_shape(1)[1:], dtype=np.uint8)
+    runner = OnnxRuntimeRunner.from_bundle(Bundle.open(path), "fp32", intra_op_threads=1)
+    assert not runner.is_active
+    with runner:
+        out = runner.infer({rt_spec.input_name: batch})
+        assert runner.last_inference_time is not None and runner.last_inference_time > 0
+        one = runner.infer({rt_spec.input_name: batch[:1]})  # dynamic batch
+    assert not runner.is_active
+    ref_probs, ref_head = rt_fakes.reference(batch, rt_spec, weights)
+    np.testing.assert_allclose(out[rt_spec.probs_name], ref_probs, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out[rt_spec.head_probs_name], ref_head, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(one[rt_spec.probs_name][0], out[rt_spec.probs_name][0], rtol=1e-5)
+    assert runner.input_metadata() == {rt_spec.input_name: (np.dtype(np.uint8), (None,) + rt_spec.input_shape(1)[1:])}
+
+
+def test_feed_checked_on_first_call(rt_bundle, rt_spec):
+    path, _ = rt_bundle
+    with OnnxRuntimeRunner.from_bundle(Bundle.open(path), "fp32") as runner:
+        good = np.zeros(rt_spec.input_shape(2), np.uint8)
+        with pytest.raises(SpecError, match="must be uint8"):
+            runner.infer({rt_spec.input_name: good.astype(np.float32)})
+        with pytest.raises(SpecError, match="shape"):
+            runner.infer({rt_spec.input_name: good[:, :3]})
+        with pytest.raises(SpecError, match="feed inputs"):
+            runner.infer({"image": good})
+        runner.infer({rt_spec.input_name: good})
+    with pytest.raises(BackendUnavailable, match="before activate"):
+        runner.infer({rt_spec.input_name: good})
+
+
+def test_auto_picks_gate_accepted_int8_on_cpu(rt_bundle):
+    path, _ = rt_bundle
+    runner = open_backend(path)
+    assert (runner.backend, runner.precision, runner.device) == ("onnxruntime", "int8-cpu", "cpu")
+    assert "accepted" in runner.choice_reason and "tensorrt" in runner.choice_reason
+    assert open_backend(path, precision="fp32").precision == "fp32"
+    assert open_backend(path, precision="int8").precision == "int8-cpu"
+
+
+def test_auto_falls_back_to_fp32_when_gate_rejected_or_unrecorded(tmp_path, rt_spec, rt_fakes):
+    model = rt_fakes.tiny_onnx(rt_spec, rt_fakes.tiny_weights(rt_spec))
+    rejected = {"precisions": {"int8-cpu": {"passed": False, "weighted_f1_drop": 2.0}}}
+    p1 = write_bundle(tmp_path / "rej.wbc", rt_spec, {"model.fp32.onnx": model, "model.int8-cpu.onnx": model,
+                                                      "accuracy.json": json.dumps(rejected).encode()})
+    r1 = open_backend(p1)
+    assert r1.precision == "fp32" and "rejected" in r1.choice_reason
+    assert gate_verdict(Bundle.open(p1), "int8-cpu")[0] is False
+    p2 = write_bundle(tmp_path / "nogate.wbc", rt_spec, {"model.fp32.onnx": model, "model.int8-cpu.onnx": model})
+    r2 = open_backend(p2)
+    assert r2.precision == "fp32" and "no accuracy.json" in r2.choice_reason
+    with pytest.raises(BundleError, match="no fp16"):
+        open_backend(p2, precision="fp16")
+
+
+def test_tensorrt_asked_without_tensorrt_is_a_clear_error(rt_bundle):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(BackendUnavailable, match="tensorrt"):
+        open_backend(rt_bundle[0], backend="tensorrt")
+
+
+def test_unknown_backend_or_broken_model(tmp_path, rt_spec):
+    p = write_bundle(tmp_path / "bad.wbc", rt_spec, {"model.fp32.onnx": b"not an onnx graph"})
+    with pytest.raises(BackendUnavailable, match="not one of"):
+        open_backend(p, backend="openvino")
+    with pytest.raises(BundleError, match="cannot load"):
+        open_backend(p, backend="onnxruntime", precision="fp32").activate()
