@@ -9,6 +9,7 @@ Loaded by path from the runtime tests too (see `load_fakes`). Holds no tests its
 from __future__ import annotations
 
 import ctypes
+import importlib.machinery
 import importlib.util
 import json
 import sys
@@ -75,7 +76,7 @@ def make_fake_cudart(heap: HostHeap | None = None):
     """A cuda-python `runtime` module: every call returns (err, value...) as the real one does."""
     heap = heap or HostHeap()
     rt = types.ModuleType("fake_cudart")
-    ok = "cudaSuccess"
+    ok = 0  # cudaError_t is an IntEnum in cuda-python; cudaSuccess == 0
     rt.cudaError_t = types.SimpleNamespace(cudaSuccess=ok)
     rt.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H")
     rt.heap = heap
@@ -115,6 +116,7 @@ def make_fake_cudart(heap: HostHeap | None = None):
     rt.cudaFree = lambda p: (record("cudaFree"), heap.free(p), (ok,))[2]
     rt.cudaFreeHost = lambda p: (record("cudaFreeHost"), rt.pinned.discard(p), heap.free(p), (ok,))[3]
     rt.cudaStreamDestroy = lambda s: (record("cudaStreamDestroy"), (ok,))[1]
+    rt.cudaGetDeviceCount = lambda: (ok, 1)
     rt.cudaGetDeviceProperties = lambda d: (ok, types.SimpleNamespace(name=b"Fake Orin\0\0", major=8, minor=7))
     return rt
 
@@ -204,6 +206,7 @@ def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = 
     with the version: its Runtime refuses an engine tagged with another version, as TensorRT does."""
     major = int(version.split(".")[0])
     trt = types.ModuleType("tensorrt")
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # so importlib.util.find_spec sees it
     trt.__version__ = version
     rec = trt.rec = Recorder()
     heap = heap or HostHeap()

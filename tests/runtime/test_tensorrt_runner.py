@@ -231,6 +231,37 @@ def test_from_bundle_refuses_a_precision_tensorrt_does_not_build(bundle):
         TensorRTRunner.from_bundle(bundle, "int8-cpu")
 
 
+def _install_fake_cuda_stack(monkeypatch, version):
+    """Fake tensorrt and cuda-python importable by name; pycuda absent."""
+    import types
+
+    trt = fakes.make_fake_tensorrt(version)
+    rt = fakes.make_fake_cudart(trt.heap)
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = rt
+    for name, mod in (("tensorrt", trt), ("pycuda", None), ("pycuda.driver", None), ("cuda", types.ModuleType("cuda")),
+                      ("cuda.bindings", bindings), ("cuda.bindings.runtime", rt)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return trt
+
+
+@pytest.mark.parametrize("version, member", [("10.3.0", "model.fp32.onnx"), ("11.4.1", "model.fp16.onnx")])
+def test_open_backend_reaches_the_runner_through_the_cache(bundle, tmp_path, monkeypatch, version, member):
+    from wbc_edge.runtime.backends import open_backend
+
+    trt = _install_fake_cuda_stack(monkeypatch, version)
+    runner = open_backend(bundle, backend="tensorrt", precision="fp16", engine_cache=str(tmp_path / "engines"))
+    assert isinstance(runner, TensorRTRunner) and "tensorrt" in runner.choice_reason
+    with runner:
+        x = batch(3)
+        np.testing.assert_allclose(runner.infer({"pixels": x})["probs"], fakes.fake_model_outputs(x, 4, 5)[0], rtol=1e-6)
+    assert trt.rec.args("parse") == [(len(bundle.read(member)),)]
+    (sidecar,) = (tmp_path / "engines").glob("*.json")
+    meta = __import__("json").loads(sidecar.read_text())
+    assert (meta["gpu_name"], meta["compute_capability"], meta["tensorrt_version"]) == ("Fake Orin", "8.7", version)
+    assert not trt.heap.blocks
+
+
 # ---- the CUDA memory layer --------------------------------------------------------------------
 def test_open_cuda_memory_prefers_pycuda_then_cuda_python(monkeypatch):
     import types
