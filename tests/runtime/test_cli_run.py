@@ -89,13 +89,15 @@ def test_sigterm_stops_drains_and_prints_summary(tmp_path, rt_bundle, capsys):
 def test_max_cells_run_and_report(tmp_path, rt_bundle):
     out, report = tmp_path / "r.jsonl", tmp_path / "report.html"
     proc = start(tmp_path, ["x", "--model", str(rt_bundle[0]), "--out", str(out), "--report", str(report),
-                            "--max-cells", "15", "--missing-light", "heads"], fields=40, period=0.0)
+                            "--max-cells", "15", "--missing-light", "heads", "--save-video", str(tmp_path / "v.avi")],
+                 fields=40, period=0.0)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert summarize(out).total_cells == 15 and "stopped: max_cells" in stdout
     assert "int8-cpu" in stderr  # the choice line says what auto picked
     page = report.read_text()
     assert "data:image/png;base64," in page and "<svg" in page and "95% CI" in page
+    assert (tmp_path / "v.avi").stat().st_size > 0 and "video:" in stdout
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):

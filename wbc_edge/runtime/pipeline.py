@@ -213,9 +213,13 @@ class Analyzer:
         with self.stats.time("locate"):
             boxes = self._locate_fn()(images[LOCATOR_LIGHT])
         if boxes:
+            if self.align:
+                from wbc_edge.runtime.locator import align_lights
+
+                with self.stats.time("align"):
+                    light_set, _shifts = align_lights(light_set)
             with self.stats.time("crop"):
-                kw = {"align": True} if self.align else {}
-                batch, boxes = self._crop_fn()(light_set, boxes, self.crop_px, spec, **kw)
+                batch, boxes = self._crop_fn()(light_set, boxes, self.crop_px, spec)
             work.inputs = np.ascontiguousarray(batch, dtype=np.uint8)
             work.boxes = [_box_tuple(b) for b in boxes]
             if len(work.boxes) != len(work.inputs):
