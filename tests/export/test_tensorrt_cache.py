@@ -186,3 +186,48 @@ def test_bundle_without_the_needed_member_names_it(tmp_path, trt_spec):
     with pytest.raises(trtx.TensorRTError, match=r"fp16 on TensorRT 11.0.0 builds from model.fp16.onnx, which this bundle lacks"):
         trtx.engine_from_bundle(only_fp32, "fp16", trtx.EngineCache(tmp_path / "c"), trt_module=fakes.make_fake_tensorrt("11.0.0"),
                                 target=trtx.Target("11.0.0", "GPU", "9.0"))
+
+
+# ---- wbc-export --engine ----------------------------------------------------------------------
+def test_parse_engine_list():
+    assert trtx.parse_engine_list("fp16, int8,fp16") == ["fp16", "int8"]
+    assert trtx.parse_engine_list("int8-trt") == ["int8"]
+    for bad, needle in (("", "name one or more"), ("fp16,bf16", "'bf16'")):
+        with pytest.raises(trtx.TensorRTError, match=needle):
+            trtx.parse_engine_list(bad)
+
+
+def test_build_bundle_engines_fills_the_cache_the_runtime_reads(bundle, tmp_path):
+    fake = fakes.make_fake_tensorrt("10.3.0")
+    cache = trtx.EngineCache(tmp_path / "engines")
+    rows = trtx.build_bundle_engines(bundle, ["fp16", "int8"], cache, batch_range=(1, 4, 16), workspace_mb=256,
+                                     trt_module=fake, target=ORIN)
+    assert [r["precision"] for r in rows] == ["fp16", "int8"]
+    assert all(Path(r["path"]).is_file() and r["bytes"] == Path(r["path"]).stat().st_size for r in rows)
+    assert fake.rec.args("set_memory_pool_limit") == [("WORKSPACE", 256 << 20)] * 2
+    # the runtime's lookup (same bundle, precision, batch range, target) is a hit: no new build
+    trtx.engine_from_bundle(bundle, "int8", cache, (1, 4, 16), trt_module=fake, target=ORIN)
+    assert fake.rec.names().count("build_serialized_network") == 2
+
+
+def test_build_bundle_engines_option_errors(bundle, tmp_path):
+    fake = fakes.make_fake_tensorrt("10.3.0")
+    with pytest.raises(trtx.TensorRTError, match="--via 'tflite'"):
+        trtx.build_bundle_engines(bundle, ["fp16"], tmp_path, via="tflite", trt_module=fake, target=ORIN)
+    with pytest.raises(trtx.TensorRTError, match="needs the PyTorch model"):
+        trtx.build_bundle_engines(bundle, ["fp16"], tmp_path, via="torch-tensorrt", trt_module=fake, target=ORIN)
+    with pytest.raises(trtx.TensorRTError, match="workspace_mb"):
+        trtx.build_bundle_engines(bundle, ["fp16"], tmp_path, workspace_mb=1, trt_module=fake, target=ORIN)
+    assert "build_serialized_network" not in fake.rec.names()
+
+
+def test_build_bundle_engines_via_torch_tensorrt_uses_the_same_cache_key(bundle, tmp_path, monkeypatch):
+    fake = fakes.make_fake_tensorrt("11.4.1")
+    target = trtx.Target("11.4.1", "Orin", "8.7")
+    compiled = []
+    monkeypatch.setattr(trtx, "build_engine_via_torch_tensorrt", lambda module, spec, prec, br: (compiled.append((module, prec, br)), b"tt-engine")[1])
+    cache = trtx.EngineCache(tmp_path)
+    (row,) = trtx.build_bundle_engines(bundle, ["fp16"], cache, via="torch-tensorrt", torch_module="MODULE", trt_module=fake, target=target)
+    assert compiled == [("MODULE", "fp16", (1, 8, 32))] and "parse" not in fake.rec.names()
+    engine, key = trtx.engine_from_bundle(bundle, "fp16", cache, trt_module=fake, target=target)
+    assert engine == b"tt-engine" and key == row["key"]

@@ -554,7 +554,10 @@ def target_mismatch(meta: dict[str, Any], target: Target) -> str | None:
 
 
 def engine_from_bundle(bundle: Any, precision: str, cache: EngineCache | None = None, batch_range: Sequence[int] = DEFAULT_BATCH_RANGE, fp16_source: str = "auto", trt_module: Any | None = None, target: Target | None = None, **build_kwargs: Any) -> tuple[bytes, str]:
-    """The engine for a bundle on this target: from the cache, or built from the member the plan names."""
+    """The engine for a bundle on this target: from the cache, or built from the member the plan names.
+
+    `build_kwargs` go to `EngineCache.get_or_build` (e.g. `build=` another builder, `workspace_mb=`).
+    """
     cache = cache if cache is not None else EngineCache()
     trt = trt_module if trt_module is not None else import_tensorrt()
     plan = plan_build(trt.__version__, precision, fp16_source)
@@ -566,3 +569,43 @@ def engine_from_bundle(bundle: Any, precision: str, cache: EngineCache | None = 
         bundle.read(plan.onnx_member), bundle.spec, precision, batch_range, target=target if target is not None else current_target(trt),
         fp16_source=fp16_source, trt_module=trt_module, **build_kwargs,
     )
+
+
+def parse_engine_list(text: str) -> list[str]:
+    """'fp16,int8' -> ['fp16', 'int8'] (the `--engine` option); 'int8-trt' is accepted for 'int8'."""
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    names = ["int8" if n == "int8-trt" else n for n in names]
+    if not names:
+        raise TensorRTError("--engine: name one or more of fp32, fp16, int8 (comma-separated)")
+    for n in names:
+        if n not in PRECISIONS:
+            raise TensorRTError(f"--engine '{n}': not one of {list(PRECISIONS)}")
+    return list(dict.fromkeys(names))
+
+
+def build_bundle_engines(bundle: Any, precisions: Sequence[str], cache: EngineCache | str | os.PathLike | None = None,
+                         batch_range: Sequence[int] = DEFAULT_BATCH_RANGE, workspace_mb: int = DEFAULT_WORKSPACE_MB,
+                         via: str = "onnx", torch_module: Any | None = None, fp16_source: str = "auto",
+                         trt_module: Any | None = None, target: Target | None = None) -> list[dict[str, Any]]:
+    """`wbc-export --engine fp16,int8 [--via torch-tensorrt]`: put this target's engines in the cache.
+
+    Returns one row per precision: precision, key, engine path, bytes. The runtime later finds them by
+    the same key. With via='torch-tensorrt', `torch_module` (uint8 in, (probs, head_probs) out, e.g.
+    export's InferenceModel) is compiled instead of the ONNX; the engine is cached under the key of
+    the ONNX member the ONNX path would use, since it is the same model.
+    """
+    if via not in ("onnx", "torch-tensorrt"):
+        raise TensorRTError(f"--via '{via}': not one of ['onnx', 'torch-tensorrt']")
+    if via == "torch-tensorrt" and torch_module is None:
+        raise TensorRTError("--via torch-tensorrt: needs the PyTorch model (a checkpoint), not only a bundle")
+    batch_range = validate_batch_range(batch_range)
+    validate_options(precisions[0] if precisions else "fp32", batch_range, workspace_mb, fp16_source)
+    engine_cache = cache if isinstance(cache, EngineCache) else EngineCache(cache)
+    rows = []
+    for precision in precisions:
+        kwargs: dict[str, Any] = {"workspace_mb": workspace_mb}
+        if via == "torch-tensorrt":
+            kwargs = {"build": lambda _onnx, spec, prec, batch_range, **_: build_engine_via_torch_tensorrt(torch_module, spec, prec, batch_range)}
+        engine, key = engine_from_bundle(bundle, precision, engine_cache, batch_range, fp16_source=fp16_source, trt_module=trt_module, target=target, **kwargs)
+        rows.append({"precision": precision, "key": key, "path": str(engine_cache.engine_path(key)), "bytes": len(engine)})
+    return rows
