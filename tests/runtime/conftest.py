@@ -25,7 +25,7 @@ from wbc_edge.preprocess import cell_to_input
 from wbc_edge.spec import ModelSpec, spec_for
 
 INPUT_SIZE = 16
-FRAME_PX = 96
+FRAME_PX = 160
 CROP_PX = 20
 
 
@@ -176,15 +176,16 @@ def make_fields(n_fields: int, spec: ModelSpec, seed: int = 1, cells_per_field: 
     """
     rng = np.random.default_rng(seed)
     frames, index = [], 0
-    spots = [(20, 20), (20, 70), (70, 20), (70, 70), (45, 45)]
+    spots = [(30, 30), (30, 130), (130, 30), (130, 130), (80, 80)]
     for f in range(n_fields):
         chosen = rng.choice(len(spots), size=cells_per_field, replace=False)
         for light in spec.modalities:
             if light == "fluorescent":
-                img = np.zeros((FRAME_PX, FRAME_PX, 3), np.uint8)
+                img = np.full((FRAME_PX, FRAME_PX, 3), 10, np.uint8)  # dark field, green-stained nuclei
                 for c in chosen:
                     cy, cx = spots[c]
-                    img[cy - 4 : cy + 4, cx - 4 : cx + 4] = 200
+                    cv2.circle(img, (cx, cy), 7, (60, 200, 60), -1)
+                img = cv2.GaussianBlur(img, (5, 5), 1.5)
             else:
                 img = rng.integers(0, 256, size=(FRAME_PX, FRAME_PX, 3), dtype=np.uint8)
             if (f, light) not in drop:

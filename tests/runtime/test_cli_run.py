@@ -60,7 +60,7 @@ def wait_for_cells(path: Path, n: int, proc: subprocess.Popen, timeout: float = 
 def test_results_survive_sigkill(tmp_path, rt_bundle):
     out = tmp_path / "r.jsonl"
     proc = start(tmp_path, ["x", "--model", str(rt_bundle[0]), "--out", str(out), "--quiet", "--precision", "fp32"],
-                 fields=2000, period=0.002)
+                 fields=400, period=0.004)
     wait_for_cells(out, 6, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -74,7 +74,7 @@ def test_results_survive_sigkill(tmp_path, rt_bundle):
 def test_sigterm_stops_drains_and_prints_summary(tmp_path, rt_bundle, capsys):
     out, report = tmp_path / "r.jsonl", tmp_path / "report.html"
     proc = start(tmp_path, ["x", "--model", str(rt_bundle[0]), "--out", str(out), "--report", str(report),
-                            "--precision", "fp32", "--stats"], fields=2000, period=0.002)
+                            "--precision", "fp32", "--stats"], fields=400, period=0.004)
     wait_for_cells(out, 6, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)

@@ -143,3 +143,26 @@ def test_corrupt_frame_is_rejected_and_run_continues(rt_bundle, rt_spec, rt_fake
         summary = an.analyze(rt_fakes.Source(frames))
     assert summary.frames_rejected >= 1
     assert summary.total_cells >= 4
+
+
+def test_real_locator_and_cropper_results_equal_offline(rt_bundle, rt_spec, rt_fakes):
+    """With the runtime's own locate_cells/crop_cells: per-cell classes equal running them directly."""
+    locator = pytest.importorskip("wbc_edge.runtime.locator")
+    path, _ = rt_bundle
+    frames = rt_fakes.make_fields(4, rt_spec, cells_per_field=3)
+    with Analyzer(path, precision="fp32", batch_size=5, assembler_factory=rt_fakes.Assembler, backend="onnxruntime",
+                  intra_op_threads=1) as an:
+        got = []
+        an.analyze(rt_fakes.Source(frames), on_result=got.append)
+    asm = rt_fakes.Assembler(rt_spec.modalities)
+    sets = [s for f in frames for s in asm.push(f)] + asm.flush()
+    expected = []
+    with OnnxRuntimeRunner.from_bundle(Bundle.open(path), "fp32") as runner:
+        for s in sets:
+            boxes = locator.locate_cells(s.images["fluorescent"])
+            batch, kept = locator.crop_cells(s, boxes, rt_fakes.CROP_PX, rt_spec)
+            probs = runner.infer({rt_spec.input_name: batch})[rt_spec.probs_name]
+            expected += [(s.index, b.box, rt_spec.classes[int(np.argmax(p))], float(p.max())) for b, p in zip(kept, probs)]
+    assert len(expected) == 12
+    assert [(r.set_index, r.box, r.label) for r in got] == [e[:3] for e in expected]
+    np.testing.assert_allclose([r.probability for r in got], [e[3] for e in expected], rtol=1e-5)
