@@ -1,0 +1,109 @@
+"""The training configuration: one JSON-safe dataclass, never an argparse Namespace."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from wbc_edge.errors import SpecError
+
+# Method names a user types; each maps to a spec method (the network's shape).
+BASE_METHODS = ("early", "late", "mimo", "early-kd", "mimo-kd")
+
+
+def parse_method(name: str, modalities: tuple[str, ...] | None = None) -> tuple[str, str | None, bool]:
+    """'single:<light>' | early | late | mimo | early-kd | mimo-kd -> (spec method, light, uses_kd)."""
+    if name.startswith("single:"):
+        light = name.split(":", 1)[1]
+        if modalities is not None and light not in modalities:
+            raise SpecError(f"method '{name}': light '{light}' is not one of {list(modalities)}")
+        if not light:
+            raise SpecError(f"method '{name}': name a light after 'single:'")
+        return "single", light, False
+    if name not in BASE_METHODS:
+        raise SpecError(f"method '{name}': unknown, choose single:<light> or one of {list(BASE_METHODS)}")
+    return name.removesuffix("-kd"), None, name.endswith("-kd")
+
+
+def method_dirname(name: str) -> str:
+    """Folder for a method's results ('single:color1' -> 'single-color1': no ':' in paths)."""
+    return name.replace(":", "-")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "mimo-kd"
+    backbone: str = "shufflenet_v2_x1_0"
+    img_size: int = 64
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    folds: int = 5
+    fold_subset: list[int] | None = None
+    # MM-MIMO recipe (see docs/training.md for the measurements behind the defaults)
+    rho: float = 0.5
+    batch_repetition: int = 2
+    light_dropout: float = 0.1
+    # knowledge distillation
+    kd_temperature: float = 4.0
+    kd_alpha: float = 1.0
+    randaugment_n: int = 2
+    randaugment_m: int = 18
+    amp: bool = True  # CUDA only; ignored on CPU
+    device: str = "cpu"
+    num_workers: int = 0
+    teachers: str | None = None  # run dir holding late-fusion teachers (default: the output run dir)
+    pretrained_weights: str | None = None
+    eval_batch_size: int = 128
+
+    def validate(self) -> None:
+        def bad(field: str, why: str) -> SpecError:
+            return SpecError(f"training config field '{field}': {why}")
+
+        parse_method(self.method)
+        if self.epochs < 1:
+            raise bad("epochs", f"must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise bad("batch_size", f"must be >= 2, got {self.batch_size}")
+        if self.folds < 2:
+            raise bad("folds", f"must be >= 2, got {self.folds}")
+        if self.fold_subset is not None and any(not 0 <= k < self.folds for k in self.fold_subset):
+            raise bad("fold_subset", f"{self.fold_subset} has a fold outside 0..{self.folds - 1}")
+        if not 0.0 <= self.rho <= 1.0:
+            raise bad("rho", f"must be in [0, 1], got {self.rho}")
+        if not 1 <= self.batch_repetition <= self.batch_size:
+            raise bad("batch_repetition", f"must be in 1..batch_size, got {self.batch_repetition}")
+        if not 0.0 <= self.light_dropout < 1.0:
+            raise bad("light_dropout", f"must be in [0, 1), got {self.light_dropout}")
+        if self.kd_temperature <= 0:
+            raise bad("kd_temperature", f"must be > 0, got {self.kd_temperature}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise bad("device", f"'{self.device}' is not cpu or cuda[:N]")
+        if self.img_size < 16:
+            raise bad("img_size", f"must be >= 16, got {self.img_size}")
+
+    @property
+    def folds_to_run(self) -> list[int]:
+        return sorted(set(self.fold_subset)) if self.fold_subset is not None else list(range(self.folds))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SpecError(f"training config field '{unknown[0]}': unknown field")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
