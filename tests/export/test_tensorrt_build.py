@@ -227,3 +227,14 @@ def test_via_torch_tensorrt_without_it_is_backend_unavailable(trt_spec, monkeypa
     monkeypatch.setitem(__import__("sys").modules, "torch_tensorrt", None)
     with pytest.raises(BackendUnavailable, match="torch-tensorrt: not importable"):
         trtx.build_engine_via_torch_tensorrt(object(), trt_spec, "fp16")
+
+
+def test_the_builder_module_imports_without_torch_or_tensorrt():
+    # The runtime reaches the engine cache through this module on torch-free devices (Jetson firmware),
+    # so neither it nor the `wbc_edge.export` package may import torch at import time.
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None; "
+            "import wbc_edge.export.tensorrt as t; assert t.trt_version() is None")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
