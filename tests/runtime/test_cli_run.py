@@ -76,9 +76,13 @@ def test_sigterm_stops_drains_and_prints_summary(tmp_path, rt_bundle, capsys):
     proc = start(tmp_path, ["x", "--model", str(rt_bundle[0]), "--out", str(out), "--report", str(report),
                             "--precision", "fp32", "--stats"], fields=400, period=0.004)
     wait_for_cells(out, 6, proc)
+    proc.send_signal(signal.SIGUSR1)  # stats on demand, the run goes on
+    time.sleep(0.3)
+    assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
+    assert "p50 ms" in stderr and "cells/s" in stderr
     assert "SIGTERM" in stderr and "stopped: interrupted (SIGTERM)" in stdout
     s = summarize(out)
     total_line = next(x for x in stdout.splitlines() if x.startswith("total"))

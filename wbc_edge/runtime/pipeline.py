@@ -86,7 +86,7 @@ def _default_crop_px(bundle: Bundle) -> int:
     if isinstance(meta.get("crop_px"), (int, float)) and meta["crop_px"] > 0:
         return int(meta["crop_px"])
     try:
-        from wbc_edge.synth import CROP_PX  # the simulated camera's crop window, when synth defines it
+        from wbc_edge.synth.scene import CROP_PX  # the window the simulated camera's cells were cut with
 
         return int(CROP_PX)
     except (ImportError, AttributeError):
