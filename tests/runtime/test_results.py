@@ -115,3 +115,9 @@ def test_unwritable_location_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot open"):
         ResultWriter(blocker / "r.jsonl")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+def test_real_full_device_gives_clear_error():
+    with pytest.raises(OutputError, match="No space left on device"):
+        ResultWriter("/dev/full", header={"classes": ["a"]})

@@ -52,6 +52,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="BUNDLE", help="model bundle .wbc (default: the packaged demo bundle)")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8-cpu", "int8-trt", "fp16", "int8"))
+    p.add_argument("--engine-cache", metavar="DIR", help="TensorRT engine cache folder (default: the TensorRT backend's)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="ONNX Runtime intra-op threads (default: ORT's choice)")
     p.add_argument("--batch", type=int, default=8, metavar="N", help="cells per inference batch (default: %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=20.0, metavar="MS",
@@ -140,7 +141,7 @@ def run(a: argparse.Namespace) -> int:
 
     analyzer = Analyzer(model, backend=a.backend, precision=a.precision, batch_size=a.batch, max_wait_ms=a.max_wait_ms,
                         missing_light=a.missing_light, crop_px=a.crop_px, align=a.align, light_order=order,
-                        intra_op_threads=a.threads, gallery_per_class=8 if a.report else 0)
+                        intra_op_threads=a.threads, engine_cache=a.engine_cache, gallery_per_class=8 if a.report else 0)
     status = StatusLine(enabled=not a.quiet)
     if not a.quiet:
         print(f"wbc-run: {uri} -> {analyzer.runner.choice_reason or analyzer.description}", file=sys.stderr)
@@ -154,7 +155,7 @@ def run(a: argparse.Namespace) -> int:
 
     def stop_on_signal(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
-        if analyzer._stop.is_set():
+        if analyzer.stopping:
             return
         print(f"\nwbc-run: {name}: stopping; finishing the cells already read", file=sys.stderr)
         analyzer.stop(f"interrupted ({name})")

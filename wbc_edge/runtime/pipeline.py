@@ -107,7 +107,8 @@ class Analyzer:
     def __init__(self, bundle_or_path: Bundle | str | os.PathLike, backend: str = "auto", precision: str = "auto",
                  batch_size: int = 8, max_wait_ms: float = 20.0, missing_light: str = "skip",
                  crop_px: int | None = None, align: bool = False, light_order: Sequence[str] | None = None,
-                 intra_op_threads: int | None = None, gallery_per_class: int = 0, runner: Any = None,
+                 intra_op_threads: int | None = None, engine_cache: str | None = None,
+                 gallery_per_class: int = 0, runner: Any = None,
                  locator: Callable[[np.ndarray], list] | None = None, cropper: Callable[..., Any] | None = None,
                  assembler_factory: Callable[[Sequence[str]], Any] | None = None):
         self.bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else Bundle.open(bundle_or_path)
@@ -125,7 +126,8 @@ class Analyzer:
         if runner is None:
             from wbc_edge.runtime.backends import open_backend
 
-            runner = open_backend(self.bundle, backend=backend, precision=precision, intra_op_threads=intra_op_threads)
+            runner = open_backend(self.bundle, backend=backend, precision=precision, intra_op_threads=intra_op_threads,
+                                  engine_cache=engine_cache)
         self.runner = runner
         self._locate = locator
         self._crop = cropper
@@ -153,6 +155,10 @@ class Analyzer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask a running `analyze` to stop reading and drain; safe from a signal handler."""
@@ -286,7 +292,7 @@ class Analyzer:
         if own_source:
             from wbc_edge.runtime.sources import open_source
 
-            source = open_source(str(source))
+            source = open_source(str(source), light_order=self.light_order)
         else:
             source_name = str(getattr(source, "uri", None) or type(source).__name__)
         writer, own_writer = sink, False
@@ -506,12 +512,14 @@ class Analyzer:
         source_counters = getattr(source, "counters", None)
         if callable(source_counters):
             source_counters = source_counters()
+        dropped_at_source = 0
         if isinstance(source_counters, dict):
             snap["source"] = dict(source_counters)
+            dropped_at_source = int(source_counters.get("dropped", 0) or 0)  # e.g. a camera's one-frame buffer
         return RunSummary.from_differential(
             self.differential, flag_counts=dict(state.flag_counts), sets=snap["counters"].get("sets", 0),
             sets_skipped=state.sets_skipped, frames=snap["counters"].get("frames", 0),
-            frames_dropped=state.frames_dropped, frames_rejected=state.frames_rejected,
+            frames_dropped=state.frames_dropped + dropped_at_source, frames_rejected=state.frames_rejected,
             cells_discarded=state.cells_discarded, duration_s=snap["elapsed_s"],
             stop_reason=getattr(self, "_stop_reason", "") or "end of source", source=source_name,
             model=str(self.bundle.path), backend=self.runner.backend, precision=self.runner.precision,

@@ -178,12 +178,13 @@ class ResultWriter:
     """
 
     def __init__(self, path: str | os.PathLike, header: Mapping[str, Any] | None = None,
-                 opener: Callable[[str, str], Any] = open):
+                 opener: Callable[[str, str], Any] | None = None):
         self.path = Path(path)
         try:
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = opener(str(self.path), "ab")
+            # unbuffered: a failed write leaves no bytes behind in a buffer to land later, after the cut
+            self._file = (opener or _open_unbuffered)(str(self.path), "ab")
         except OSError as e:
             raise OutputError(f"{self.path}: cannot open for writing ({e.strerror or e})") from None
         self._good_size = self._tell()
@@ -200,7 +201,10 @@ class ResultWriter:
     def write_record(self, record: Mapping[str, Any]) -> None:
         data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
         try:
-            self._file.write(data)
+            view = memoryview(data)
+            while view:  # a raw file may take part of the line per call
+                n = self._file.write(view)
+                view = view[n if n is not None else len(view):]
             self._file.flush()
         except (OSError, ValueError) as e:
             self._cut_partial_line()
@@ -242,6 +246,10 @@ class ResultWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _open_unbuffered(path: str, mode: str) -> Any:
+    return open(path, mode, buffering=0)
 
 
 def read_results(path: str | os.PathLike) -> tuple[dict[str, Any], list[CellResult], int]:
