@@ -20,3 +20,17 @@ def test_manifest_round_trip_reads_back_cells(tmp_path):
     assert ds.cells[0].paths == records[0].paths
     assert int(ds.load(1)["color1"][0, 0, 0]) == 40
     assert open_dataset(tmp_path).fingerprint() == ds.fingerprint()
+
+
+def test_data_package_never_imports_torch(four_light):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+        "import wbc_edge.data, wbc_edge.data.manifest, wbc_edge.data.folders, wbc_edge.data.dataset\n"
+        f"ds = wbc_edge.data.open_dataset({str(four_light.root)!r})\n"
+        "ds.load(0)\n"
+        "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m] is not None)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

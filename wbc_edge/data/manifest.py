@@ -37,14 +37,17 @@ def write_manifest(csv_path: str | os.PathLike, records: Iterable[CellRecord], m
     if not lights:
         raise DataError(f"{show_path(csv_path)}: need one or more lights to write a manifest")
     for light in lights:
-        if not isinstance(light, str) or not light.strip() or light != light.strip() or light.casefold() in RESERVED or lights.count(light) > 1:
-            raise DataError(f"{show_path(csv_path)}: light name {show(light)} cannot be a manifest column (blank, padded, duplicate or reserved)")
+        if not isinstance(light, str) or not light.strip() or light != light.strip() or "\r" in light or "\n" in light or light.casefold() in RESERVED or lights.count(light) > 1:
+            raise DataError(f"{show_path(csv_path)}: light name {show(light)} cannot be a manifest column (blank, padded, with a line break, duplicate or reserved)")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([ID_COLUMN, LABEL_COLUMN, GROUP_COLUMN, *lights])
     seen: set[str] = set()
     for record in records:
         where = f"{show_path(csv_path)}: cell {show(record.cell_id)}"
+        fields = [record.cell_id, record.label, record.group or "", *(str(record.paths.get(light, "")) for light in lights)]
+        if any(isinstance(f, str) and ("\r" in f or "\n" in f) for f in fields):
+            raise DataError(f"{where}: a field contains a line break (not allowed in a manifest)")
         for name, value in (("cell_id", record.cell_id), ("label", record.label)):
             if not isinstance(value, str) or not value.strip() or value != value.strip():
                 raise DataError(f"{where}: {name} must be a non-empty string without surrounding spaces")
