@@ -13,6 +13,7 @@ import importlib.machinery
 import importlib.util
 import json
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -99,7 +100,16 @@ def make_fake_cudart(heap: HostHeap | None = None):
         record("cudaMalloc", n)
         return ok, heap.alloc(n)
 
+    local = threading.local()
+
+    def set_device(d):
+        record("cudaSetDevice", d)
+        local.device = d
+        return (ok,)
+
     def memcpy_async(dst, src, n, kind, stream):
+        if getattr(local, "device", None) is None:
+            raise AssertionError("cudaMemcpyAsync on a thread that never called cudaSetDevice")
         record("cudaMemcpyAsync", kind, n)
         host = src if kind == "H2D" else dst
         if not any(a <= host < a + heap.size_of(a) for a in rt.pinned):
@@ -107,7 +117,7 @@ def make_fake_cudart(heap: HostHeap | None = None):
         ctypes.memmove(dst, src, n)
         return (ok,)
 
-    rt.cudaSetDevice = lambda d: (record("cudaSetDevice", d), (ok,))[1]
+    rt.cudaSetDevice = set_device
     rt.cudaMallocHost = malloc_host
     rt.cudaMalloc = malloc
     rt.cudaStreamCreate = lambda: (record("cudaStreamCreate"), (ok, FakeStreamT(77)))[1]
@@ -127,14 +137,29 @@ def make_fake_pycuda_driver(heap: HostHeap | None = None):
     drv = types.ModuleType("fake_pycuda_driver")
     drv.heap = heap
     drv.calls = []
-    drv.context_stack = []
+    drv.pushes = []  # every push, from any thread
+    local = threading.local()  # CUDA context stacks are per thread
+
+    def stack():
+        if not hasattr(local, "stack"):
+            local.stack = []
+        return local.stack
+
+    drv.context_stack = stack
 
     class Context:
         def push(self):
-            drv.context_stack.append(self)
+            stack().append(self)
+            drv.pushes.append(threading.get_ident())
 
         def pop(self):
-            drv.context_stack.remove(self)
+            if not stack() or stack()[-1] is not self:
+                raise AssertionError("pop of a context that is not current on this thread")
+            stack().pop()
+
+    def need_context(what):
+        if not stack():
+            raise AssertionError(f"{what} without a current CUDA context on this thread")
 
     class Device:
         def __init__(self, i):
@@ -151,12 +176,14 @@ def make_fake_pycuda_driver(heap: HostHeap | None = None):
 
     class Allocation:
         def __init__(self, n):
+            need_context("mem_alloc")
             self.addr = heap.alloc(n)
 
         def __int__(self):
             return self.addr
 
         def free(self):
+            need_context("free")
             heap.free(self.addr)
 
     class Stream:
@@ -169,6 +196,7 @@ def make_fake_pycuda_driver(heap: HostHeap | None = None):
     def copy(kind, dst_ptr, src_ptr, n, stream):
         if not isinstance(stream, Stream):
             raise AssertionError("async copy without a pycuda Stream")
+        need_context(kind)
         drv.calls.append((kind, n))
         ctypes.memmove(dst_ptr, src_ptr, n)
 

@@ -102,6 +102,33 @@ def test_runner_allocates_once_for_the_max_batch_and_copies_only_the_used_rows(m
     assert not trt.heap.blocks, "deactivate must free every host and device buffer"
 
 
+def test_inference_on_another_thread_than_activation(memory_kind):
+    # The Analyzer activates on the main thread and infers on a worker; CUDA contexts are per thread.
+    import threading
+
+    trt = fakes.make_fake_tensorrt("10.3.0")
+    factory, _ = make_memory(memory_kind, trt.heap)
+    runner = TensorRTRunner(fake_engine(), SPEC, memory=factory, trt_module=trt).activate()
+    results, errors = [], []
+    x = batch(5, seed=3)
+
+    def work():
+        try:
+            results.append(runner.infer({"pixels": x}))
+        except BaseException as e:  # surfaced in the main thread below
+            errors.append(e)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(30)
+    assert not errors, errors
+    np.testing.assert_allclose(results[0]["probs"], fakes.fake_model_outputs(x, 4, 5)[0], rtol=1e-6)
+    releaser = threading.Thread(target=runner.deactivate)  # and release from yet another thread
+    releaser.start()
+    releaser.join(30)
+    assert not trt.heap.blocks
+
+
 def test_outputs_are_copies_not_views_of_the_pinned_buffers(memory_kind):
     trt = fakes.make_fake_tensorrt("10.3.0")
     factory, _ = make_memory(memory_kind, trt.heap)
@@ -284,9 +311,11 @@ def test_open_cuda_memory_prefers_pycuda_then_cuda_python(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycuda", pycuda)
     monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
     memory = cm.open_cuda_memory()
-    assert isinstance(memory, cm.PycudaMemory) and drv.context_stack
+    assert isinstance(memory, cm.PycudaMemory) and drv.context_stack() == []
+    with memory.current():
+        assert len(drv.context_stack()) == 1
+    assert drv.context_stack() == [], "current() pops the primary context it pushed"
     memory.close()
-    assert not drv.context_stack, "close pops the primary context it pushed"
     assert isinstance(cm.open_cuda_memory("cuda-python"), cm.CudaPythonMemory)
     assert cm.device_properties() == ("Fake RTX", (8, 9))
 

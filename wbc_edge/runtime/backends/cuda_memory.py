@@ -8,11 +8,13 @@ freed by its `close()`.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -44,6 +46,14 @@ class CudaMemory:
     """The interface: allocate once, then copy asynchronously on a stream and synchronize."""
 
     name = "abstract"
+
+    def current(self) -> contextlib.AbstractContextManager:
+        """Make this device's context current on the calling thread for the block.
+
+        The runtime activates a runner on one thread and infers on another, and CUDA contexts are
+        per thread, so every group of calls runs inside `with memory.current():`.
+        """
+        return contextlib.nullcontext()
 
     def pinned_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
         raise NotImplementedError
@@ -84,7 +94,8 @@ def _check_fits(nbytes: int, buf: DeviceBuffer, what: str) -> None:
 class PycudaMemory(CudaMemory):
     """pycuda: `pagelocked_empty`, `mem_alloc`, `Stream`, `memcpy_htod_async` / `memcpy_dtoh_async`.
 
-    Works in the device's primary context, the one TensorRT (CUDA runtime API) uses.
+    Works in the device's primary context, the one TensorRT (CUDA runtime API) uses; the context is
+    pushed for each block of work (`current()`) rather than left on one thread's stack.
     """
 
     name = "pycuda"
@@ -99,11 +110,18 @@ class PycudaMemory(CudaMemory):
         try:
             driver.init()
             self._context = driver.Device(device).retain_primary_context()
-            self._context.push()
         except Exception as e:
             raise BackendUnavailable(f"pycuda: no usable CUDA device {device} ({e})") from None
         self._device_buffers: list[Any] = []
         self._pinned: list[np.ndarray] = []
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        self._context.push()
+        try:
+            yield
+        finally:
+            self._context.pop()
 
     def pinned_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
         arr = self._cuda.pagelocked_empty(tuple(shape), np.dtype(dtype))
@@ -131,13 +149,14 @@ class PycudaMemory(CudaMemory):
         stream.owner.synchronize()
 
     def close(self) -> None:
-        for alloc in self._device_buffers:
-            alloc.free()
-        self._device_buffers.clear()
-        self._pinned.clear()  # pagelocked arrays free their memory when collected
-        if self._context is not None:
-            self._context.pop()
-            self._context = None
+        if self._context is None:
+            return
+        with self.current():
+            for alloc in self._device_buffers:
+                alloc.free()
+            self._device_buffers.clear()
+            self._pinned.clear()  # pagelocked arrays free their memory when collected
+        self._context = None
 
 
 # ---- cuda-python -----------------------------------------------------------------------------
@@ -164,8 +183,10 @@ class CudaPythonMemory(CudaMemory):
 
     def __init__(self, device: int = 0, cudart: Any | None = None) -> None:
         self._rt = cudart if cudart is not None else import_cudart()
+        self._device = device
+        self._bound = threading.local()
         try:
-            self._call("cudaSetDevice", device)
+            self._bind_thread()
         except CudaError as e:
             raise BackendUnavailable(f"cuda-python: no usable CUDA device {device} ({e})") from None
         self._host_ptrs: list[int] = []
@@ -178,6 +199,17 @@ class CudaPythonMemory(CudaMemory):
         if err != self._rt.cudaError_t.cudaSuccess:
             raise CudaError(f"cuda-python: {name} failed ({err})")
         return rest[0] if len(rest) == 1 else (rest or None)
+
+    def _bind_thread(self) -> None:
+        # The runtime API keeps the current device per thread: set it once on each thread that works.
+        if not getattr(self._bound, "done", False):
+            self._call("cudaSetDevice", self._device)
+            self._bound.done = True
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        self._bind_thread()
+        yield
 
     def pinned_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
         dtype = np.dtype(dtype)

@@ -101,6 +101,7 @@ class TensorRTRunner(Runner):
         self._trt_module = trt_module
         self._on_stale = on_stale
         self._trt: Any = None
+        self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
         self._memory: CudaMemory | None = None
@@ -169,21 +170,22 @@ class TensorRTRunner(Runner):
         # The CUDA context must exist before TensorRT touches the device (pycuda pushes it here).
         self._memory = self._open_memory()
         try:
-            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-            self._engine = self._deserialize(self._runtime, data)
-            specs, self.batch_range = binding_shapes(self._engine, trt)
-            self._check_engine_io([(n, i) for n, i, _, _ in specs])
-            self._stream = self._memory.create_stream()
-            self._bindings = {}
-            for name, is_input, dtype, shape in specs:
-                host = self._memory.pinned_empty(shape, dtype)
-                device = self._memory.device_alloc(host.nbytes)
-                self._bindings[name] = TensorBinding(name, is_input, dtype, shape, host, device)
-            self._context = self._engine.create_execution_context()
-            if self._context is None:
-                raise BackendUnavailable(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
-            for b in self._bindings.values():
-                self._context.set_tensor_address(b.name, b.device.ptr)
+            with self._memory.current():
+                self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+                self._engine = self._deserialize(self._runtime, data)
+                specs, self.batch_range = binding_shapes(self._engine, trt)
+                self._check_engine_io([(n, i) for n, i, _, _ in specs])
+                self._stream = self._memory.create_stream()
+                self._bindings = {}
+                for name, is_input, dtype, shape in specs:
+                    host = self._memory.pinned_empty(shape, dtype)
+                    device = self._memory.device_alloc(host.nbytes)
+                    self._bindings[name] = TensorBinding(name, is_input, dtype, shape, host, device)
+                self._context = self._engine.create_execution_context()
+                if self._context is None:
+                    raise BackendUnavailable(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
+                for b in self._bindings.values():
+                    self._context.set_tensor_address(b.name, b.device.ptr)
         except BaseException:
             self._release()
             raise
@@ -199,8 +201,10 @@ class TensorRTRunner(Runner):
                 raise SpecError(f"{self.name}: engine has no output '{wanted}' (tensors {sorted(names)})")
 
     def _release(self) -> None:
+        # TensorRT objects go first (context, engine, runtime), then the memory they point into.
         self._context = None
         self._engine = None
+        self._runtime = None
         self._bindings = {}
         if self._memory is not None:
             self._memory.close()
@@ -221,10 +225,11 @@ class TensorRTRunner(Runner):
     def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = feed[self.spec.input_name]
         max_batch = self.batch_range[1]
-        if len(x) <= max_batch:
-            return self._infer_chunk(x)
-        # Larger than the profile allows: run it in profile-sized chunks rather than refuse.
-        parts = [self._infer_chunk(x[i : i + max_batch]) for i in range(0, len(x), max_batch)]
+        with self._memory.current():  # inference may run on another thread than activation
+            if len(x) <= max_batch:
+                return self._infer_chunk(x)
+            # Larger than the profile allows: run it in profile-sized chunks rather than refuse.
+            parts = [self._infer_chunk(x[i : i + max_batch]) for i in range(0, len(x), max_batch)]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _infer_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
