@@ -166,3 +166,34 @@ def test_real_locator_and_cropper_results_equal_offline(rt_bundle, rt_spec, rt_f
     assert len(expected) == 12
     assert [(r.set_index, r.box, r.label) for r in got] == [e[:3] for e in expected]
     np.testing.assert_allclose([r.probability for r in got], [e[3] for e in expected], rtol=1e-5)
+
+
+def test_synthetic_camera_end_to_end_equals_offline(tmp_path, rt_spec, rt_fakes):
+    """The real frontend (synthetic camera, light-cycle assembler, locator, cropper) through the Analyzer:
+    every counted cell equals locate_cells + crop_cells + the runner run directly on the same set."""
+    sources = pytest.importorskip("wbc_edge.runtime.sources")
+    locator = pytest.importorskip("wbc_edge.runtime.locator")
+    pytest.importorskip("wbc_edge.synth.frames")
+    from wbc_edge.bundle import write_bundle
+    from wbc_edge.spec import spec_for
+
+    spec = spec_for("mimo", input_size=32)
+    path = write_bundle(tmp_path / "m.wbc", spec, {"model.fp32.onnx": rt_fakes.tiny_onnx(spec, rt_fakes.tiny_weights(spec))})
+    sets, got = {}, []
+    with Analyzer(path, backend="onnxruntime", batch_size=4, intra_op_threads=1) as an:
+        summary = an.analyze(sources.open_source("synthetic://?seed=5"), max_cells=12, on_result=got.append,
+                             on_set=lambda s, results: sets.setdefault(s.index, s))
+        crop_px = an.crop_px
+    assert summary.total_cells == len(got) == 12 and summary.stop_reason == "max_cells"
+    expected = {}
+    with OnnxRuntimeRunner.from_bundle(Bundle.open(path), "fp32") as runner:
+        for s in sets.values():
+            batch, kept = locator.crop_cells(s, locator.locate_cells(s.images["fluorescent"]), crop_px, spec)
+            if len(batch):
+                probs = runner.infer({spec.input_name: batch})[spec.probs_name]
+                for i, (b, p) in enumerate(zip(kept, probs)):
+                    expected[(s.index, i)] = (b.box, spec.classes[int(np.argmax(p))], float(p.max()))
+    for r in got:
+        box, label, prob = expected[(r.set_index, r.cell_index)]
+        assert (r.box, r.label) == (box, label)
+        assert r.probability == pytest.approx(prob, rel=1e-5)

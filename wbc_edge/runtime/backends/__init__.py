@@ -118,7 +118,7 @@ def _pick_precision(bundle: Bundle, backend: str, precision: str) -> tuple[str, 
                 continue
             return cand, why
         return cand, f"{cand} present"
-    return "fp32", "fp32 (" + "; ".join(notes) + ")" if notes else "fp32"
+    return "fp32", "; ".join(notes) or "default"
 
 
 def open_backend(bundle: Bundle | str, backend: str = "auto", precision: str = "auto",
