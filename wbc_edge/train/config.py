@@ -56,7 +56,8 @@ class TrainConfig:
     randaugment_m: int = 18
     amp: bool = True  # CUDA only; ignored on CPU
     device: str = "cpu"
-    num_workers: int = 0
+    num_workers: int = 1  # batches prepared ahead by one background thread (0: in the training loop)
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
     teachers: str | None = None  # run dir holding late-fusion teachers (default: the output run dir)
     pretrained_weights: str | None = None
     eval_batch_size: int = 128

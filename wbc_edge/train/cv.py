@@ -181,6 +181,8 @@ def run_cv(data: Any, cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: b
     `resume=False` refuses to continue a method that an interrupted run left half-done.
     """
     cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     ctx = ctx or DistContext(device=cfg.device)
     run_dir = Path(run_dir)
     if arrays is None:

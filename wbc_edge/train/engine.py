@@ -13,9 +13,11 @@ import logging
 import math
 import time
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -160,6 +162,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def prefetch(fn: Callable[[Any], Any], items: Sequence[Any], depth: int) -> Iterator[Any]:
+    """fn(item) for each item in order; with depth > 0 one background thread works `depth` items ahead.
+
+    One thread keeps the augmentation's RNG draws in order (reproducible) while the main thread trains;
+    torch ops release the GIL, so on a 2-core CPU batch preparation overlaps the model step.
+    """
+    if depth <= 0:
+        yield from (fn(item) for item in items)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wbc-batches") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def train_one_epoch(model: nn.Module, plan: MethodPlan, labels: np.ndarray, batches: list[SlotBatch],
                     optimizer, scheduler, scaler, cfg: TrainConfig, device: torch.device, *,
                     augment: RowAugment, teacher: TeacherModel | None = None, desc: str = "",
@@ -168,12 +189,15 @@ def train_one_epoch(model: nn.Module, plan: MethodPlan, labels: np.ndarray, batc
     use_amp = cfg.amp and device.type == "cuda"
     sums: dict[str, float] = {}
     rows = 0
-    bar = tqdm(batches, desc=desc, leave=False, disable=not show_progress, unit="batch")
-    for batch in bar:
+
+    def prepare(batch: SlotBatch):
         xb_np, yb_np = gather_batch(plan.x, labels, batch)
-        xb = augment(torch.from_numpy(xb_np)).to(device, non_blocking=True)
-        dropped = torch.from_numpy(batch.dropped).to(device)
-        y = torch.from_numpy(yb_np).to(device)
+        return augment(torch.from_numpy(xb_np)), torch.from_numpy(batch.dropped), torch.from_numpy(yb_np)
+
+    prepared = prefetch(prepare, batches, cfg.num_workers)
+    bar = tqdm(prepared, total=len(batches), desc=desc, leave=False, disable=not show_progress, unit="batch")
+    for xb, dropped, y in bar:
+        xb, dropped, y = xb.to(device, non_blocking=True), dropped.to(device), y.to(device)
         if plan.head_labels_per_slot:
             keep = ~dropped
         else:
@@ -193,7 +217,7 @@ def train_one_epoch(model: nn.Module, plan: MethodPlan, labels: np.ndarray, batc
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        n = len(batch.index)
+        n = len(xb)
         rows += n
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
         for k, v in parts.items():

@@ -1,0 +1,130 @@
+"""wbc-train: cross-validated training of one method; `table` and `complexity` subcommands.
+
+    wbc-train --data DIR --method mimo-kd --backbone shufflenet_v2_x1_0 --folds 5 --epochs 30 \\
+              --img-size 64 --out RUN_DIR [--fold-subset 0,1] [--teachers RUN_DIR] [--resume]
+    torchrun --nproc_per_node 2 -m wbc_edge.cli.train ...   (DistributedDataParallel)
+    wbc-train table --data DIR --backbone NAME --out RUN_DIR ...
+    wbc-train complexity --backbone NAME [--img-size 224] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from wbc_edge.errors import WbcError
+
+SUBCOMMANDS = ("table", "complexity")
+
+
+def _fold_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of fold numbers") from None
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    from wbc_edge.train.config import TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="wbc-train", add_help=add_help,
+                                description="Train a Table 1 method with k-fold cross-validation "
+                                            "(subcommands: table, complexity).")
+    p.add_argument("--data", help="dataset folder or manifest CSV")
+    p.add_argument("--method", default=d.method,
+                   help="single:<light>, early, late, mimo, early-kd or mimo-kd (default %(default)s)")
+    p.add_argument("--backbone", default=d.backbone, help="backbone (see --list-backbones; default %(default)s)")
+    p.add_argument("--list-backbones", action="store_true", help="print the backbone names and exit")
+    p.add_argument("--out", help="run directory")
+    p.add_argument("--folds", type=int, default=d.folds, help="cross-validation folds (default %(default)s)")
+    p.add_argument("--fold-subset", type=_fold_list, default=None, help="only these folds, e.g. 0,1")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
+    p.add_argument("--img-size", type=int, default=d.img_size, help="input size in px (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="default %(default)s")
+    p.add_argument("--seed", type=int, default=d.seed, help="folds, init, sampling, augmentation (default %(default)s)")
+    p.add_argument("--teachers", default=None, help="run dir with late-fusion teachers for *-kd (default: --out)")
+    p.add_argument("--rho", type=float, default=d.rho, help="MIMO input repetition (default %(default)s)")
+    p.add_argument("--batch-repetition", type=int, default=d.batch_repetition, help="MIMO (default %(default)s)")
+    p.add_argument("--light-dropout", type=float, default=d.light_dropout, help="MIMO (default %(default)s)")
+    p.add_argument("--kd-temperature", type=float, default=d.kd_temperature, help="default %(default)s")
+    p.add_argument("--kd-alpha", type=float, default=d.kd_alpha, help="KD weight (default %(default)s)")
+    p.add_argument("--randaugment", type=int, nargs=2, metavar=("N", "M"),
+                   default=[d.randaugment_n, d.randaugment_m], help="RandAugment ops and magnitude (default 2 18; 0 0 = off)")
+    p.add_argument("--pretrained-weights", default=None, help="local backbone state_dict (.pth) to start from")
+    p.add_argument("--device", default=d.device, help="cpu or cuda[:N] (default %(default)s)")
+    p.add_argument("--no-amp", action="store_true", help="CUDA: train in FP32 instead of mixed precision")
+    p.add_argument("--num-workers", type=int, default=d.num_workers, help="batches prepared ahead (default %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--resume", action="store_true", help="continue a method an interrupted run left half-done")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    from wbc_edge.train.config import TrainConfig
+
+    cfg = TrainConfig(method=args.method, backbone=args.backbone, img_size=args.img_size, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      warmup_epochs=args.warmup_epochs, seed=args.seed, folds=args.folds,
+                      fold_subset=args.fold_subset, rho=args.rho, batch_repetition=args.batch_repetition,
+                      light_dropout=args.light_dropout, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
+                      randaugment_n=args.randaugment[0], randaugment_m=args.randaugment[1], amp=not args.no_amp,
+                      device=args.device, num_workers=args.num_workers, threads=args.threads,
+                      teachers=args.teachers, pretrained_weights=args.pretrained_weights)
+    cfg.validate()
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        from wbc_edge.train import table
+
+        return (table.main_table if argv[0] == "table" else table.main_complexity)(argv[1:])
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from wbc_edge.train.models import BACKBONES
+
+    if args.list_backbones:
+        print("\n".join(BACKBONES))
+        return 0
+    try:
+        if not args.data or not args.out:
+            raise WbcError("wbc-train needs --data DIR and --out RUN_DIR (or --list-backbones)")
+        cfg = config_from_args(args)
+        from wbc_edge.train.cv import run_cv
+        from wbc_edge.train.distributed import init_distributed, shutdown
+        from wbc_edge.train.models import check_backbone
+
+        check_backbone(cfg.backbone)
+        if cfg.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                from wbc_edge.errors import BackendUnavailable
+
+                raise BackendUnavailable("--device cuda: no CUDA device visible to torch")
+        ctx = init_distributed(cfg.device)
+        try:
+            results = run_cv(args.data, cfg, args.out, resume=args.resume, ctx=ctx)
+        finally:
+            shutdown(ctx)
+    except WbcError as e:
+        print(f"wbc-train: {e}", file=sys.stderr)
+        return 2
+    if ctx.is_main:
+        for fold, m in sorted(results.items()):
+            print(f"fold {fold} {cfg.method}: accuracy {m.get('accuracy', float('nan')):.4f} "
+                  f"weighted F1 {m.get('weighted_f1', float('nan')):.4f} macro F1 {m.get('macro_f1', float('nan')):.4f}")
+        print(f"run directory: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
