@@ -104,6 +104,32 @@ def test_bad_options_fail_before_any_build_with_one_line(kwargs, field, trt_spec
     assert "build_serialized_network" not in fake.rec.names()
 
 
+def test_parse_batch_range_for_the_cli():
+    assert trtx.parse_batch_range("1,8,32") == (1, 8, 32)
+    for bad in ("1,8", "a,b,c", "32,8,1"):
+        with pytest.raises(trtx.TensorRTError, match="batch_range"):
+            trtx.parse_batch_range(bad)
+
+
+def test_corrupt_timing_cache_is_replaced_not_fatal(trt_spec, graphs, tmp_path, caplog):
+    cache = tmp_path / "trt.cache"
+    cache.write_bytes(b"corrupt")
+    fake = fakes.make_fake_tensorrt("10.3.0")
+    original = fake.Builder.create_builder_config
+
+    def config_refusing_corrupt_cache(self):
+        config = original(self)
+        create = config.create_timing_cache
+        config.create_timing_cache = lambda data: (_ for _ in ()).throw(RuntimeError("bad cache\nmore")) if data else create(data)
+        return config
+
+    fake.Builder.create_builder_config = config_refusing_corrupt_cache
+    with caplog.at_level(logging.WARNING):
+        trtx.build_engine(graphs["fp32"], trt_spec, "fp32", timing_cache=cache, trt_module=fake)
+    assert "unreadable by this TensorRT (bad cache)" in caplog.text
+    assert cache.read_bytes() == b"+timings"
+
+
 def test_profile_shapes_follow_the_spec(trt_spec):
     lo, opt, hi = trtx.profile_shapes(trt_spec, (2, 4, 16))
     assert lo == (2, 12, 16, 16) and opt == (4, 12, 16, 16) and hi == (16, 12, 16, 16)

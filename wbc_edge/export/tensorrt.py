@@ -104,6 +104,15 @@ def validate_batch_range(batch_range: Sequence[int]) -> tuple[int, int, int]:
     return values
 
 
+def parse_batch_range(text: str) -> tuple[int, int, int]:
+    """'1,8,32' (a CLI value) -> (1, 8, 32), checked."""
+    try:
+        values = [int(p) for p in str(text).split(",")]
+    except ValueError:
+        raise TensorRTError(f"batch_range '{text}': expected three integers min,opt,max such as 1,8,32") from None
+    return validate_batch_range(values)
+
+
 def validate_options(precision: str, batch_range: Sequence[int], workspace_mb: int, fp16_source: str = "auto") -> tuple[str, tuple[int, int, int], int, str]:
     """Check every build option up front, so a bad one fails before any minutes-long build starts."""
     if precision not in PRECISIONS:
@@ -256,9 +265,13 @@ def _load_timing_cache(config: Any, path: Path | None) -> Any | None:
     if path.is_file():
         data = path.read_bytes()
         log.info("timing cache %s: loaded %d bytes", path, len(data))
-    cache = config.create_timing_cache(data)
+    try:
+        cache = config.create_timing_cache(data)
+    except Exception as e:  # TensorRT raises its own types for a corrupt cache
+        log.warning("timing cache %s: unreadable by this TensorRT (%s)", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        cache = None
     if cache is None and data:
-        log.warning("timing cache %s: unreadable by this TensorRT, starting an empty one", path)
+        log.warning("timing cache %s: starting an empty one", path)
         cache = config.create_timing_cache(b"")
     if cache is not None:
         config.set_timing_cache(cache, False)  # ignore_mismatch=False: never mix another GPU's timings
