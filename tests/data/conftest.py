@@ -1,6 +1,7 @@
 """Builders for tiny datasets on disk: every test writes real PNGs with `write_image`."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +43,22 @@ def folder(tmp_path) -> FolderBuilder:
     return FolderBuilder(tmp_path / "cells")
 
 
-@pytest.fixture
-def four_light(folder) -> FolderBuilder:
-    """Six four-light cells: two neutrophils, two lymphocytes, one eosinophil, one basophil."""
+@pytest.fixture(scope="session")
+def four_light_template(tmp_path_factory) -> Path:
+    builder = FolderBuilder(tmp_path_factory.mktemp("template") / "cells")
     for label in ("neutrophil", "neutrophil", "lymphocyte", "lymphocyte", "eosinophil", "basophil"):
-        folder.cell(label)
+        builder.cell(label)
+    return builder.root
+
+
+@pytest.fixture
+def four_light(folder, four_light_template) -> FolderBuilder:
+    """Six four-light cells: two neutrophils, two lymphocytes, one eosinophil, one basophil.
+
+    Written once per session and copied per test (each test may damage its copy).
+    """
+    shutil.copytree(four_light_template, folder.root)
+    folder.count = 6
     return folder
 
 

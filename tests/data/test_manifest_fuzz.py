@@ -15,7 +15,7 @@ from wbc_edge.data import CellDataset, CellRecord, read_manifest, write_image, w
 from wbc_edge.errors import DataError
 from wbc_edge.spec import CLASS_ABBREV, CLASSES
 
-SETTINGS = settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Text without lone surrogates (they cannot be written as UTF-8), with the characters that break CSVs.
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
