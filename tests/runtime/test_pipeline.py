@@ -197,3 +197,24 @@ def test_synthetic_camera_end_to_end_equals_offline(tmp_path, rt_spec, rt_fakes)
         box, label, prob = expected[(r.set_index, r.cell_index)]
         assert (r.box, r.label) == (box, label)
         assert r.probability == pytest.approx(prob, rel=1e-5)
+
+
+class FailingRunner(OnnxRuntimeRunner):
+    """Fails on its third batch, as a GPU that falls off the bus would."""
+
+    calls = 0
+
+    def _infer_impl(self, feed):
+        FailingRunner.calls += 1
+        if FailingRunner.calls == 3:
+            raise RuntimeError("device lost")
+        return super()._infer_impl(feed)
+
+
+def test_stage_failure_raises_and_keeps_what_was_classified(tmp_path, rt_bundle, rt_spec, rt_fakes, rt_analyzer_kw):
+    path, _ = rt_bundle
+    runner = FailingRunner.from_bundle(Bundle.open(path), "fp32")
+    with Analyzer(path, runner=runner, batch_size=3, max_wait_ms=1000, **rt_analyzer_kw) as an:
+        with pytest.raises(RuntimeError, match="device lost"):
+            an.analyze(rt_fakes.Source(rt_fakes.make_fields(10, rt_spec)), sink=tmp_path / "r.jsonl")
+    assert summarize(tmp_path / "r.jsonl").total_cells == 6  # both good batches are on disk

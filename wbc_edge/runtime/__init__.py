@@ -21,6 +21,7 @@ _EXPORTS = {
     "LightSet": "wbc_edge.runtime.assembler",
     "Analyzer": "wbc_edge.runtime.pipeline",
     "CellResult": "wbc_edge.runtime.results",
+    "Result": "wbc_edge.runtime.results",
     "RunSummary": "wbc_edge.runtime.results",
     "Differential": "wbc_edge.runtime.results",
     "ResultWriter": "wbc_edge.runtime.results",

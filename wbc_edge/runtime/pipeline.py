@@ -458,37 +458,48 @@ class Analyzer:
             if duration is not None and time.perf_counter() - started >= duration:
                 self.stop("duration")
             if self._abort.is_set():
-                return
+                # another stage failed: still write what was already classified, then stop
+                while True:
+                    try:
+                        work = done_q.get_nowait()
+                    except queue.Empty:
+                        return
+                    if work is not _END:
+                        self._output_set(work, writer, state, max_cells, on_result, on_set)
             try:
                 work = done_q.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
             if work is _END:
                 return
-            if work.skipped:
-                state.sets_skipped += 1
-                log.info("set %d skipped: %s", work.index, work.skipped)
-            results = self._results(work)
-            counted = []
-            for res in results:
-                if max_cells is not None and self.differential.total >= max_cells:
-                    state.cells_discarded += 1  # classified in flight after the differential was full
-                    continue
-                if writer is not None:
-                    with self.stats.time("write"):
-                        writer.write(res)
-                self.differential.add(res.label)
-                self.stats.count("cells")
-                self._keep_for_gallery(work, res)
-                counted.append(res)
-                for f in res.flags:
-                    state.flag_counts[f] = state.flag_counts.get(f, 0) + 1
-                if on_result is not None:
-                    on_result(res)
-                if max_cells is not None and self.differential.total >= max_cells:
-                    self.stop("max_cells")
-            if on_set is not None:
-                on_set(work.light_set, counted)
+            self._output_set(work, writer, state, max_cells, on_result, on_set)
+
+    def _output_set(self, work: _SetWork, writer: Any, state: _RunState, max_cells: int | None,
+                    on_result: Callable | None, on_set: Callable | None) -> None:
+        if work.skipped:
+            state.sets_skipped += 1
+            log.info("set %d skipped: %s", work.index, work.skipped)
+        results = self._results(work)
+        counted = []
+        for res in results:
+            if max_cells is not None and self.differential.total >= max_cells:
+                state.cells_discarded += 1  # classified in flight after the differential was full
+                continue
+            if writer is not None:
+                with self.stats.time("write"):
+                    writer.write(res)
+            self.differential.add(res.label)
+            self.stats.count("cells")
+            self._keep_for_gallery(work, res)
+            counted.append(res)
+            for f in res.flags:
+                state.flag_counts[f] = state.flag_counts.get(f, 0) + 1
+            if on_result is not None:
+                on_result(res)
+            if max_cells is not None and self.differential.total >= max_cells:
+                self.stop("max_cells")
+        if on_set is not None:
+            on_set(work.light_set, counted)
 
     def _keep_for_gallery(self, work: _SetWork, res: CellResult) -> None:
         if self.gallery_per_class <= 0:

@@ -66,6 +66,9 @@ class CellResult:
         )
 
 
+Result = CellResult  # the name docs/design.md uses
+
+
 def wilson_interval(count: int, total: int, z: float = Z_95) -> tuple[float, float]:
     """Wilson score interval for a proportion count/total (0..1); (0, 0) when total is 0."""
     if total <= 0:
@@ -199,7 +202,11 @@ class ResultWriter:
             return None
 
     def write_record(self, record: Mapping[str, Any]) -> None:
-        data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+        try:
+            data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+        except ValueError:  # NaN/inf probabilities: a broken model, not something to count
+            where = f"set {record.get('set_index')} cell {record.get('cell_index')}"
+            raise DataError(f"{self.path}: {where}: model output is not finite (NaN or inf); not written") from None
         try:
             view = memoryview(data)
             while view:  # a raw file may take part of the line per call
