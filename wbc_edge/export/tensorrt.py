@@ -300,7 +300,9 @@ def build_engine(
     onnx_bytes, where = _read_onnx(onnx)
     check_onnx_for_plan(onnx_bytes, spec, plan, where)
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    from wbc_edge.runtime.backends.tensorrt import trt_logger  # noqa: PLC0415  (one logger shared with the runner)
+
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network_flags = 0
     for name in plan.network_flags:

@@ -37,6 +37,16 @@ def _import_tensorrt() -> Any:
     return tensorrt
 
 
+_TRT_LOGGERS: dict[int, Any] = {}
+
+
+def trt_logger(trt: Any) -> Any:
+    """One TensorRT logger per process: TensorRT warns when builders/runtimes get different ones."""
+    if id(trt) not in _TRT_LOGGERS:
+        _TRT_LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
+    return _TRT_LOGGERS[id(trt)]
+
+
 @dataclass
 class TensorBinding:
     """One engine I/O tensor and its buffers, sized for the profile's largest batch."""
@@ -171,7 +181,7 @@ class TensorRTRunner(Runner):
         self._memory = self._open_memory()
         try:
             with self._memory.current():
-                self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+                self._runtime = trt.Runtime(trt_logger(trt))
                 self._engine = self._deserialize(self._runtime, data)
                 specs, self.batch_range = binding_shapes(self._engine, trt)
                 self._check_engine_io([(n, i) for n, i, _, _ in specs])
