@@ -158,8 +158,11 @@ class FoldRunner:
     def _teacher(self) -> TeacherModel:
         teacher_run = Path(self.cfg.teachers) if self.cfg.teachers else self.run_dir
         late_dir = _fold_dir(teacher_run, self.fold) / "late"
+        own_run = teacher_run.resolve() == self.run_dir.resolve()
+        if not own_run:
+            check_teacher_split(teacher_run, self.fold, [self.arrays.cell_ids[i] for i in self.val_idx])
         if not _done(late_dir):
-            if teacher_run.resolve() != self.run_dir.resolve():
+            if not own_run:
                 raise DataError(f"{late_dir}: no late-fusion teacher for fold {self.fold} in --teachers {teacher_run}")
             log.info("fold %d: training the late-fusion teachers first", self.fold)
             self.run("late")
