@@ -177,4 +177,16 @@ def test_describe_names_counts_lights_and_skips(four_light):
     (four_light.root / "lymphocyte" / "cell002" / "color2.png").unlink()
     ds = open_dataset(four_light.root, on_error="skip")
     text = ds.describe()
-    assert "5 cells" in text and "color3" in text and "lymphocyte 1" in text and "1 cells skipped" in text
+    assert "5 cells" in text and "color3" in text and "lymphocyte 1" in text and "1 cell skipped" in text
+
+
+def test_synthetic_cells_read_back_in_both_layouts(tmp_path):
+    cells = pytest.importorskip("wbc_edge.synth.cells")
+    manifest = cells.write_cells(tmp_path / "synth", n=8, seed=3, size=24)
+    from_manifest = open_dataset(manifest.parent)
+    assert from_manifest.layout == "manifest" and len(from_manifest) == 8
+    assert from_manifest.modalities == MODALITIES and from_manifest.groups is not None
+    manifest.unlink()
+    from_folder = open_dataset(manifest.parent)
+    assert from_folder.layout == "folder" and sorted(from_folder.cell_ids) == sorted(from_manifest.cell_ids)
+    assert from_folder.validate(deep=True).load(0)["color2"].shape == (24, 24, 3)

@@ -129,9 +129,9 @@ class CellDataset:
         self.skipped = list(skipped)
         self.on_error = on_error
         self._fingerprint: str | None = None
-        names = ClassNames(self.classes)
+        ClassNames(self.classes)  # validates the class list
         for cell in self.cells:
-            if names.index(cell.label) is None or cell.label not in self.classes:
+            if cell.label not in self.classes:
                 raise DataError(f"cell {show(cell.cell_id)}: label {show(cell.label)} is not one of {list(self.classes)}")
             missing = [m for m in self.modalities if m not in cell.paths]
             if missing:
@@ -212,8 +212,9 @@ class CellDataset:
     def describe(self) -> str:
         counts = ", ".join(f"{name} {n}" for name, n in self.class_counts().items())
         groups = self.groups
-        group_text = f"{len(set(groups))} groups" if groups is not None else "no groups"
-        skipped = f"; {len(self.skipped)} cells skipped" if self.skipped else ""
+        n_groups = len(set(groups)) if groups is not None else 0
+        group_text = f"{n_groups} group{'s' if n_groups != 1 else ''}" if groups is not None else "no groups"
+        skipped = f"; {len(self.skipped)} cell{'s' if len(self.skipped) != 1 else ''} skipped" if self.skipped else ""
         return (
             f"{len(self)} cells from {self.source} ({self.layout} layout), "
             f"{len(self.modalities)} light(s) [{', '.join(self.modalities)}], "
