@@ -190,3 +190,13 @@ def test_synthetic_cells_read_back_in_both_layouts(tmp_path):
     from_folder = open_dataset(manifest.parent)
     assert from_folder.layout == "folder" and sorted(from_folder.cell_ids) == sorted(from_manifest.cell_ids)
     assert from_folder.validate(deep=True).load(0)["color2"].shape == (24, 24, 3)
+
+
+def test_partly_grouped_manifest_warns_and_keeps_blank_groups(four_light, caplog):
+    ds = open_dataset(four_light.root)
+    records = [CellRecord(c.cell_id, c.label, "donor1" if i < 4 else None, c.paths) for i, c in enumerate(ds.cells)]
+    write_manifest(four_light.root / "manifest.csv", records, ds.modalities)
+    with caplog.at_level("WARNING", logger="wbc_edge.data"):
+        grouped = open_dataset(four_light.root)
+    assert grouped.groups == ["donor1"] * 4 + ["", ""]
+    assert "2 of 6 cells have no group" in caplog.text

@@ -126,6 +126,10 @@ def read_manifest(
     if not cells:
         detail = f" ({len(skipped)} skipped; first: {skipped[0][1]})" if skipped else ""
         raise DataError(f"{show_path(csv_path)}: no usable cells{detail}")
+    with_group = sum(c.group is not None for c in cells)
+    if 0 < with_group < len(cells):
+        log.warning("%s: %d of %d cells have no group; grouped cross-validation treats them as one group ''",
+                    show_path(csv_path), len(cells) - with_group, len(cells))
     return CellDataset(cells, names.names, lights, root, source=csv_path, layout="manifest", skipped=skipped, on_error=on_error)
 
 
