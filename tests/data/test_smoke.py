@@ -1,4 +1,3 @@
-
 import numpy as np
 
 from wbc_edge.data import CellRecord, open_dataset, read_manifest, write_image, write_manifest
