@@ -66,7 +66,11 @@ class RunStats:
             stages[s] = {"n": int(arr.size), "p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99),
                          "total_s": float(totals[s])}
         rates = {f"{k}_per_s": counters.get(k, 0) / elapsed for k in ("frames", "sets", "cells")}
-        return {"elapsed_s": elapsed, "counters": counters, "rates": rates, "stages": stages}
+        sets = counters.get("sets", 0)
+        # wall time per set against the sum of its stages' own times: < 1 means the stages overlap
+        per_set = ({"wall_ms": 1000.0 * elapsed / sets, "stages_sum_ms": 1000.0 * sum(totals.values()) / sets}
+                   if sets else {})
+        return {"elapsed_s": elapsed, "counters": counters, "rates": rates, "stages": stages, "per_set": per_set}
 
     def format(self) -> str:
         snap = self.snapshot()
@@ -76,4 +80,8 @@ class RunStats:
                  f"{'stage':<9} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
         for s, v in snap["stages"].items():
             lines.append(f"{s:<9} {v['n']:>6} {v['p50_ms']:>8.2f} {v['p95_ms']:>8.2f} {v['p99_ms']:>8.2f}")
+        if snap["per_set"]:
+            ps = snap["per_set"]
+            lines.append(f"per set: {ps['wall_ms']:.1f} ms wall, {ps['stages_sum_ms']:.1f} ms summed over stages "
+                         f"(ratio {ps['wall_ms'] / max(ps['stages_sum_ms'], 1e-9):.2f})")
         return "\n".join(lines)
