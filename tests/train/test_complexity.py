@@ -58,8 +58,8 @@ def test_structure_of_the_counts(rows_224, backbone):
 
 
 def test_counts_scale_with_input_size():
-    small = complexity(spec_for("mimo", backbone="shufflenet_v2_x1_0", input_size=64))
-    large = complexity(spec_for("mimo", backbone="shufflenet_v2_x1_0", input_size=128))
+    small = complexity(spec_for("mimo", backbone="shufflenet_v2_x1_0", input_size=112))
+    large = complexity(spec_for("mimo", backbone="shufflenet_v2_x1_0", input_size=224))
     assert small["params"] == large["params"]
     assert 3.5 < large["macs"] / small["macs"] < 4.5  # convolutions grow with the pixel count
 
@@ -71,10 +71,11 @@ def test_method_names_map_to_architectures():
 
 
 def test_cli_json_and_errors(capsys):
-    assert main_complexity(["--backbone", "shufflenet_v2_x1_0", "--img-size", "64", "--json"]) == 0
+    assert main_complexity(["--backbone", "shufflenet_v2_x1_0", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in out["rows"]] == ["single", "early", "early-kd", "late", "mimo", "mimo-kd"]
-    assert out["img_size"] == 64
+    assert out["img_size"] == 224
+    assert out["rows"][0]["macs"] == complexity(spec_for("single", ("color1",), input_size=224))["macs"]
     assert main_complexity(["--backbone", "no_such_net"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no_such_net" in err and len(err.splitlines()) == 1

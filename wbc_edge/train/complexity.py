@@ -73,26 +73,27 @@ def count_model(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[st
 
 def complexity(spec: ModelSpec) -> dict[str, int]:
     """MACs and parameters of the network `create_model(spec)` builds, at the spec's input size."""
+    # Light and class names do not change the network: one count per shape (tracing takes seconds).
     from wbc_edge.train.models import create_model
 
-    return count_model(create_model(spec), spec.input_shape(1))
+    key = (spec.backbone, spec.method, spec.in_channels, spec.num_heads, spec.num_classes, spec.input_size)
+    if key not in _COUNTS:
+        _COUNTS[key] = count_model(create_model(spec), spec.input_shape(1))
+    return dict(_COUNTS[key])
+
+
+_COUNTS: dict[tuple, dict[str, int]] = {}
 
 
 def complexity_rows(backbone: str, input_size: int = 224, modalities: tuple[str, ...] = MODALITIES,
                     methods: tuple[str, ...] = COMPLEXITY_METHODS) -> list[dict[str, Any]]:
     """One row per Table 1 method: {"method", "macs", "params", "macs_m", "params_m"}.
 
-    Architectures are counted once and reused for their KD twins.
+    Each architecture is counted once and reused for its KD twin and the other lights.
     """
-    counted: dict[str, dict[str, int]] = {}
     rows = []
     for method in methods:
-        arch = architecture_of(method)
-        key = method if arch == "single" else arch
-        if key not in counted:
-            counted[key] = complexity(spec_for_method(method, backbone, input_size, modalities))
-            log.debug("complexity %s %s @%d: %s", backbone, key, input_size, counted[key])
-        c = counted[key]
+        c = complexity(spec_for_method(method, backbone, input_size, modalities))
         rows.append({"method": method, "macs": c["macs"], "params": c["params"],
                      "macs_m": c["macs"] / 1e6, "params_m": c["params"] / 1e6})
     return rows
