@@ -61,6 +61,18 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
+    """Average BatchNorm running statistics over ranks (each rank updated them on its own batches)."""
+    if not ctx.enabled:
+        return
+    for name, buf in model.named_buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(ctx.world_size)
+        else:
+            dist.broadcast(buf, src=0)
+
+
 def shutdown(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -30,7 +30,7 @@ from wbc_edge.spec import ModelSpec, spec_for
 from wbc_edge.train.augment import RowAugment
 from wbc_edge.train.checkpoint import load_payload, save_payload, save_release, unwrap
 from wbc_edge.train.config import TrainConfig, parse_method
-from wbc_edge.train.distributed import DistContext, wrap_model
+from wbc_edge.train.distributed import DistContext, sync_buffers, wrap_model
 from wbc_edge.train.losses import total_loss
 from wbc_edge.train.models import create_model
 from wbc_edge.train.sampling import MimoBatchSampler, SlotBatch, eval_batches
@@ -355,6 +355,7 @@ def fit(cfg: TrainConfig, plan: MethodPlan, labels: np.ndarray, train_idx: np.nd
         row.update(train_one_epoch(train_model, plan, labels, sampler.batches(), optimizer, scheduler, scaler, cfg,
                                    device, augment=augment, teacher=teacher,
                                    desc=f"fold{fold} {plan.name} {epoch + 1}/{cfg.epochs}", show_progress=ctx.is_main))
+        sync_buffers(model, ctx)
         val = evaluate(model, plan.x, labels, np.asarray(val_idx), plan.spec, device,
                        batch_size=cfg.eval_batch_size, full=False)
         row.update({"val_loss": val["loss"], "val_accuracy": val.get("accuracy"),
@@ -373,7 +374,8 @@ def fit(cfg: TrainConfig, plan: MethodPlan, labels: np.ndarray, train_idx: np.nd
         log.info("fold %d %s epoch %d/%d: loss %.4f val acc %.4f (%.1fs)", fold, plan.name, epoch + 1, cfg.epochs,
                  row.get("train_loss", float("nan")), row.get("val_accuracy") or float("nan"), row["seconds"])
         for cb in callbacks:
-            cb({"fold": fold, "method": plan.name, "epoch": epoch + 1, "history": history, "dir": method_dir})
+            cb({"fold": fold, "method": plan.name, "epoch": epoch + 1, "history": history, "dir": method_dir,
+                "model": model, "rank": ctx.rank})
     metrics = evaluate(model, plan.x, labels, np.asarray(val_idx), plan.spec, device,
                        batch_size=cfg.eval_batch_size, full=True)
     metrics.update({"fold": fold, "method": plan.name, "epochs": cfg.epochs, "n_train": int(len(train_idx)),
