@@ -1,0 +1,129 @@
+"""The accuracy gate: every precision against FP32, with ONNX Runtime on the CPU, on held-out cells.
+
+Torch-free on purpose: `wbc-export compare` and `wbc-bench` run it on a bundle without training code.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+from sklearn.metrics import f1_score, recall_score
+
+from wbc_edge.errors import AccuracyGateError
+from wbc_edge.spec import ModelSpec
+
+LOGGER = logging.getLogger(__name__)
+DEFAULT_MAX_DROP = 1.0  # weighted-F1 points; the product goal is 0.3
+
+
+def ort_session(onnx_bytes: bytes, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(onnx_bytes: bytes | ort.InferenceSession, spec: ModelSpec, inputs: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Run a graph over uint8 inputs in batches; returns {probs_name, head_probs_name} arrays."""
+    session = onnx_bytes if isinstance(onnx_bytes, ort.InferenceSession) else ort_session(onnx_bytes)
+    names = [spec.probs_name, spec.head_probs_name]
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for start in range(0, len(inputs), batch_size):
+        feed = {spec.input_name: np.ascontiguousarray(inputs[start : start + batch_size])}
+        for name, value in zip(names, session.run(names, feed)):
+            chunks[name].append(np.asarray(value, dtype=np.float32))
+    return {n: np.concatenate(v) for n, v in chunks.items()}
+
+
+def classification_metrics(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    idx = list(range(len(classes)))
+    recall = recall_score(labels, predicted, labels=idx, average=None, zero_division=0)
+    present = np.bincount(labels, minlength=len(classes)) > 0
+    return {
+        "weighted_f1": 100.0 * float(f1_score(labels, predicted, labels=idx, average="weighted", zero_division=0)),
+        # Macro over the classes present in the held-out cells: an absent class has no recall to lose.
+        "macro_f1": 100.0 * float(f1_score(labels, predicted, labels=[i for i in idx if present[i]], average="macro", zero_division=0)),
+        "accuracy": 100.0 * float(np.mean(labels == predicted)),
+        "per_class_recall": {c: (100.0 * float(recall[i]) if present[i] else None) for i, c in enumerate(classes)},
+    }
+
+
+def evaluate_precisions(
+    models: Mapping[str, bytes],
+    spec: ModelSpec,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Metrics for every precision plus agreement and max probability difference vs `fp32`."""
+    if "fp32" not in models:
+        raise AccuracyGateError("accuracy gate: no fp32 model to compare against")
+    labels = np.asarray(labels, dtype=np.int64)
+    outputs = {p: run_onnx(m, spec, inputs, batch_size) for p, m in models.items()}
+    ref = outputs["fp32"][spec.probs_name]
+    ref_heads = outputs["fp32"][spec.head_probs_name]
+    report: dict[str, Any] = {"n_cells": int(len(labels)), "class_counts": {c: int(n) for c, n in zip(spec.classes, np.bincount(labels, minlength=spec.num_classes))}, "precisions": {}}
+    for precision, out in outputs.items():
+        probs = out[spec.probs_name]
+        row = classification_metrics(labels, probs.argmax(1), spec.classes)
+        row["agreement_with_fp32"] = 100.0 * float(np.mean(probs.argmax(1) == ref.argmax(1)))
+        row["max_prob_diff"] = float(np.max(np.abs(probs - ref)))
+        row["max_head_prob_diff"] = float(np.max(np.abs(out[spec.head_probs_name] - ref_heads)))
+        report["precisions"][precision] = row
+    for row in report["precisions"].values():
+        row["weighted_f1_drop"] = report["precisions"]["fp32"]["weighted_f1"] - row["weighted_f1"]
+    return report
+
+
+def check_gate(report: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP, only: Sequence[str] | None = None) -> list[str]:
+    """Precisions whose weighted-F1 drop exceeds `max_drop` points (empty when all pass)."""
+    report["max_drop"] = max_drop
+    failed = []
+    for precision, row in report["precisions"].items():
+        if precision == "fp32" or (only is not None and precision not in only):
+            continue
+        row["passed"] = bool(row["weighted_f1_drop"] <= max_drop)
+        if not row["passed"]:
+            failed.append(precision)
+    if "fp32" in report["precisions"]:
+        report["precisions"]["fp32"]["passed"] = True
+    return failed
+
+
+def run_gate(models: Mapping[str, bytes], spec: ModelSpec, inputs: np.ndarray, labels: np.ndarray, max_drop: float = DEFAULT_MAX_DROP) -> dict[str, Any]:
+    """Evaluate and raise AccuracyGateError naming the first precision over the allowed drop."""
+    report = evaluate_precisions(models, spec, inputs, labels)
+    failed = check_gate(report, max_drop)
+    if failed:
+        raise gate_error(report, failed)
+    return report
+
+
+def gate_error(report: dict[str, Any], failed: Sequence[str]) -> AccuracyGateError:
+    rows = report["precisions"]
+    worst = max(failed, key=lambda p: rows[p]["weighted_f1_drop"])
+    return AccuracyGateError(
+        f"accuracy gate: {worst} weighted F1 {rows[worst]['weighted_f1']:.2f} is {rows[worst]['weighted_f1_drop']:.2f} points "
+        f"below fp32 ({rows['fp32']['weighted_f1']:.2f}), more than --max-drop {report['max_drop']:g}"
+        + (f" (also failed: {', '.join(p for p in failed if p != worst)})" if len(failed) > 1 else "")
+    )
+
+
+def format_table(report: dict[str, Any], classes: Sequence[str]) -> str:
+    """A fixed-width table: one row per precision."""
+    from wbc_edge.spec import CLASS_ABBREV
+
+    abbrev = [CLASS_ABBREV.get(c, c[:4].upper()) for c in classes]
+    head = f"{'precision':<10} {'wF1':>7} {'drop':>6} {'mF1':>7} {'agree%':>7} {'maxdP':>7} " + " ".join(f"{a:>6}" for a in abbrev) + "  gate"
+    lines = [f"accuracy gate on {report['n_cells']} held-out cells (recall % per class)", head, "-" * len(head)]
+    for precision, row in report["precisions"].items():
+        recalls = " ".join("     -" if row["per_class_recall"][c] is None else f"{row['per_class_recall'][c]:6.1f}" for c in classes)
+        verdict = {True: "pass", False: "FAIL", None: ""}[row.get("passed")]
+        lines.append(
+            f"{precision:<10} {row['weighted_f1']:7.2f} {row['weighted_f1_drop']:6.2f} {row['macro_f1']:7.2f} "
+            f"{row['agreement_with_fp32']:7.2f} {row['max_prob_diff']:7.4f} {recalls}  {verdict}"
+        )
+    return "\n".join(lines)
