@@ -57,7 +57,7 @@ def wait_for_cells(path: Path, n: int, proc: subprocess.Popen, timeout: float = 
     raise AssertionError("no cells written in time")
 
 
-def test_results_survive_sigkill(tmp_path, rt_bundle):
+def test_results_survive_sigkill(tmp_path, rt_bundle, capsys):
     out = tmp_path / "r.jsonl"
     proc = start(tmp_path, ["x", "--model", str(rt_bundle[0]), "--out", str(out), "--quiet", "--precision", "fp32"],
                  fields=400, period=0.004)
@@ -68,7 +68,11 @@ def test_results_survive_sigkill(tmp_path, rt_bundle):
     assert all(json.loads(x) for x in lines)  # every line on disk parses
     s = summarize(out)
     assert s.total_cells == len(lines) - 1 >= 6 and s.bad_lines == 0
-    assert main(["summarize", str(out)]) == 0
+    assert main(["summarize", str(out), "--report", str(tmp_path / "s.html")]) == 0
+    assert f"<th>{s.total_cells}</th>" in (tmp_path / "s.html").read_text()
+    capsys.readouterr()
+    assert main(["summarize", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_cells"] == s.total_cells
 
 
 def test_sigterm_stops_drains_and_prints_summary(tmp_path, rt_bundle, capsys):
