@@ -218,3 +218,30 @@ def test_stage_failure_raises_and_keeps_what_was_classified(tmp_path, rt_bundle,
         with pytest.raises(RuntimeError, match="device lost"):
             an.analyze(rt_fakes.Source(rt_fakes.make_fields(10, rt_spec)), sink=tmp_path / "r.jsonl")
     assert summarize(tmp_path / "r.jsonl").total_cells == 6  # both good batches are on disk
+
+
+@pytest.mark.parametrize("policy", ["skip", "heads"])
+def test_synthetic_dropped_frames_follow_the_missing_light_policy(tmp_path, rt_fakes, policy):
+    """The simulated camera drops every 7th frame: 'skip' drops those sets, 'heads' classifies them flagged."""
+    sources = pytest.importorskip("wbc_edge.runtime.sources")
+    pytest.importorskip("wbc_edge.runtime.locator")
+    pytest.importorskip("wbc_edge.synth.frames")
+    from wbc_edge.bundle import write_bundle
+    from wbc_edge.spec import spec_for
+
+    spec = spec_for("mimo", input_size=16)
+    path = write_bundle(tmp_path / "m.wbc", spec, {"model.fp32.onnx": rt_fakes.tiny_onnx(spec, rt_fakes.tiny_weights(spec))})
+    got = []
+    with Analyzer(path, backend="onnxruntime", missing_light=policy, intra_op_threads=1) as an:
+        summary = an.analyze(sources.open_source("synthetic://?seed=2&sets=7&drop_every=7"), on_result=got.append)
+    flagged = [r for r in got if any(f.startswith("missing:") for f in r.flags)]
+    # capture slots 7, 14, 21, 28 are dropped: color2 of set 1, color1 of set 3, the fluorescence frame
+    # of set 5 (no cells can be found: skipped under either policy) and color3 of set 6
+    if policy == "skip":
+        assert summary.sets_skipped >= 3 and not flagged
+    else:
+        assert summary.sets_skipped <= 1 and len({r.set_index for r in flagged}) >= 2
+        for r in flagged:
+            missing = {f.split(":", 1)[1] for f in r.flags if f.startswith("missing:")}
+            assert missing.isdisjoint(r.head_probs) and len(r.head_probs) == 4 - len(missing)
+    assert summary.total_cells == len(got) > 0
