@@ -51,6 +51,7 @@ def test_cli_fold_run_writes_the_run_directory(synth_cells, tmp_path, capsys):
     assert metrics == payload["metrics"]
     assert set(metrics["heads"]) == set(spec.modalities)
     assert set(metrics["head_independence"]["color1"]) == {"accuracy", "confidence", "others_confidence"}
+    assert set(metrics["missing_light_accuracy"]) == set(spec.modalities)
     assert 0.0 <= metrics["weighted_f1"] <= 1.0 and len(metrics["confusion"]) == 5
     assert len(list(csv.DictReader(open(method_dir / "history.csv")))) == 1
     assert json.loads((run / "config.json").read_text())["light_dropout"] == 0.25

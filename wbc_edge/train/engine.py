@@ -228,17 +228,22 @@ def train_one_epoch(model: nn.Module, plan: MethodPlan, labels: np.ndarray, batc
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: np.ndarray, pool: np.ndarray, spec: ModelSpec, device: torch.device,
-                   batch_size: int = 128, only_light: int | None = None) -> np.ndarray:
-    """Logits [N, H, K] for the cells in `pool`; `only_light` keeps one slot, the rest at the missing fill."""
+                   batch_size: int = 128, only_light: int | None = None, missing_light: int | None = None) -> np.ndarray:
+    """Logits [N, H, K] for the cells in `pool`. `only_light` keeps one slot and `missing_light` blanks one,
+    the blanked slots holding the missing fill (zero after normalising), as the runtime does."""
     model.eval()
     n_slots = spec.in_channels // 3
     out = []
     for batch in eval_batches(pool, n_slots, batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[batch.index[:, 0]])).to(device)
         dropped = None
-        if only_light is not None:
-            dropped = torch.ones((len(xb), n_slots), dtype=torch.bool, device=device)
-            dropped[:, only_light] = False
+        if only_light is not None or missing_light is not None:
+            dropped = torch.zeros((len(xb), n_slots), dtype=torch.bool, device=device)
+            if only_light is not None:
+                dropped[:] = True
+                dropped[:, only_light] = False
+            if missing_light is not None:
+                dropped[:, missing_light] = True
         out.append(model(normalise_batch(xb, spec, dropped)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, spec.num_heads, spec.num_classes), np.float32)
 
@@ -265,8 +270,9 @@ def jsonable(value: Any) -> Any:
 
 def evaluate(model: nn.Module, x: np.ndarray, labels: np.ndarray, pool: np.ndarray, spec: ModelSpec,
              device: torch.device, *, batch_size: int = 128, full: bool = True) -> dict[str, Any]:
-    """Metrics of the heads' averaged probabilities on `pool`; with `full`, per-head metrics and the
-    head-independence measure (head k given only light k, other slots at the missing fill)."""
+    """Metrics of the heads' averaged probabilities on `pool`. With `full` also: per-head metrics, the
+    head-independence measure (head k given only light k, other slots at the missing fill) and the
+    accuracy with each light missing (the present lights' heads averaged)."""
     from wbc_edge.train.metrics import compute_metrics
 
     y = labels[pool]
@@ -293,6 +299,15 @@ def evaluate(model: nn.Module, x: np.ndarray, labels: np.ndarray, pool: np.ndarr
                 "others_confidence": float(others.max(-1).mean()) if len(y) else float("nan"),
             }
         result["head_independence"] = independence
+    if full and len(spec.modalities) > 1:
+        # One light missing at run time: the heads whose light is present (all heads for one fused head).
+        missing = {}
+        for k, light in enumerate(spec.modalities):
+            probs_k = _softmax(predict_logits(model, x, pool, spec, device, batch_size, missing_light=k))
+            heads = [h for h in range(spec.num_heads) if spec.head_modality_index(h) != k]
+            pred = probs_k[:, heads].mean(axis=1).argmax(-1)
+            missing[light] = float((pred == y).mean()) if len(y) else float("nan")
+        result["missing_light_accuracy"] = missing
     return jsonable(result)
 
 
