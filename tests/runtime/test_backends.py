@@ -84,3 +84,17 @@ def test_unknown_backend_or_broken_model(tmp_path, rt_spec):
         open_backend(p, backend="openvino")
     with pytest.raises(BundleError, match="cannot load"):
         open_backend(p, backend="onnxruntime", precision="fp32").activate()
+
+
+def test_auto_precision_per_target(tmp_path, rt_spec, rt_fakes):
+    from wbc_edge.runtime.backends import _pick_precision
+
+    model = rt_fakes.tiny_onnx(rt_spec, rt_fakes.tiny_weights(rt_spec))
+    gate = {"precisions": {"int8-trt": {"passed": True}, "int8-cpu": {"passed": False}, "fp16": {"passed": True}}}
+    b = Bundle.open(write_bundle(tmp_path / "all.wbc", rt_spec, {
+        "model.fp32.onnx": model, "model.int8-cpu.onnx": model, "model.int8-trt.onnx": model,
+        "model.fp16.onnx": model, "accuracy.json": json.dumps(gate).encode()}))
+    assert _pick_precision(b, "tensorrt", "auto")[0] == "int8-trt"
+    assert _pick_precision(b, "onnxruntime-cpu", "auto")[0] == "fp32"  # its int8 failed the gate
+    assert _pick_precision(b, "onnxruntime-cuda", "auto")[0] == "fp16"
+    assert _pick_precision(b, "tensorrt", "int8")[0] == "int8-trt"

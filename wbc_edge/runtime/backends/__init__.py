@@ -97,27 +97,29 @@ def _find_precision_entry(node: Any, precision: str) -> dict | None:
     return None
 
 
-def _pick_precision(bundle: Bundle, backend: str, precision: str) -> tuple[str, str]:
+# What "auto" precision tries, best first, per target (then fp32). ONNX Runtime on CPU wants the
+# uint8-activation Q/DQ variant; on CUDA its INT8 Q/DQ kernels gain little, so FP16 there.
+AUTO_PRECISIONS = {"tensorrt": ("int8-trt", "fp16"), "onnxruntime-cpu": ("int8-cpu",), "onnxruntime-cuda": ("fp16",)}
+
+
+def _pick_precision(bundle: Bundle, target: str, precision: str) -> tuple[str, str]:
     have = bundle.precisions
     if precision == "int8":
-        precision = "int8-trt" if backend == "tensorrt" else "int8-cpu"
+        precision = "int8-trt" if target == "tensorrt" else "int8-cpu"
     if precision != "auto":
         if precision not in have:
             raise BundleError(f"bundle {bundle.path}: has no {precision} model (has {have})")
         return precision, f"{precision} as asked"
-    candidates = ["int8-trt", "fp16"] if backend == "tensorrt" else ["int8-cpu"]
     notes = []
-    for cand in candidates:
+    for cand in AUTO_PRECISIONS[target]:
         if cand not in have:
             notes.append(f"no {cand} in bundle")
             continue
-        if cand.startswith("int8"):
-            ok, why = gate_verdict(bundle, cand)
-            if not ok:
-                notes.append(why)
-                continue
-            return cand, why
-        return cand, f"{cand} present"
+        ok, why = gate_verdict(bundle, cand)
+        # INT8 needs the gate's explicit pass; FP16 only needs not to have failed it
+        if ok or (ok is None and not cand.startswith("int8")):
+            return cand, why if ok else f"{cand} present"
+        notes.append(why)
     return "fp32", "; ".join(notes) or "default"
 
 
@@ -158,7 +160,7 @@ def open_backend(bundle: Bundle | str, backend: str = "auto", precision: str = "
         runner = TensorRTRunner.from_bundle(bundle, prec, **kw)
     else:
         device = "cuda" if cuda_provider_available() else "cpu"
-        prec, why_prec = _pick_precision(bundle, "onnxruntime", precision)
+        prec, why_prec = _pick_precision(bundle, f"onnxruntime-{device}", precision)
         runner = OnnxRuntimeRunner.from_bundle(bundle, prec, device=device, intra_op_threads=intra_op_threads)
         why_backend += f"; onnxruntime on {device}"
     runner.choice_reason = f"backend {runner.backend} ({why_backend}), precision {prec} ({why_prec})"
