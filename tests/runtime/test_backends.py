@@ -98,3 +98,13 @@ def test_auto_precision_per_target(tmp_path, rt_spec, rt_fakes):
     assert _pick_precision(b, "onnxruntime-cpu", "auto")[0] == "fp32"  # its int8 failed the gate
     assert _pick_precision(b, "onnxruntime-cuda", "auto")[0] == "fp16"
     assert _pick_precision(b, "tensorrt", "int8")[0] == "int8-trt"
+
+
+def test_tensorrt_can_pick_fp16_without_an_fp16_member(rt_bundle):
+    from wbc_edge.runtime.backends import _pick_precision
+
+    b = Bundle.open(rt_bundle[0])  # fp32 + int8-cpu only
+    assert _pick_precision(b, "tensorrt", "auto")[0] == "fp16"
+    assert _pick_precision(b, "tensorrt", "fp16")[0] == "fp16"
+    with pytest.raises(BundleError, match="no fp16"):
+        _pick_precision(b, "onnxruntime-cpu", "fp16")

@@ -103,7 +103,9 @@ AUTO_PRECISIONS = {"tensorrt": ("int8-trt", "fp16"), "onnxruntime-cpu": ("int8-c
 
 
 def _pick_precision(bundle: Bundle, target: str, precision: str) -> tuple[str, str]:
-    have = bundle.precisions
+    have = list(bundle.precisions)
+    if target == "tensorrt" and "fp16" not in have and "fp32" in have:
+        have.append("fp16")  # TensorRT builds FP16 from the FP32 graph (builder flag / conversion)
     if precision == "int8":
         precision = "int8-trt" if target == "tensorrt" else "int8-cpu"
     if precision != "auto":
