@@ -129,3 +129,23 @@ def test_report_contains_differential_and_gallery(tmp_path, rt_bundle, rt_spec, 
     assert page.count("data:image/png;base64,") == sum(len(v) for v in an.gallery.values()) > 0
     assert all(len(v) <= 3 for v in an.gallery.values())
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched
+
+
+def test_real_cli_on_simulated_camera_survives_sigkill(tmp_path, rt_spec, rt_fakes):
+    """`python -m wbc_edge.cli.run synthetic://` with nothing patched, killed mid-stream."""
+    pytest.importorskip("wbc_edge.synth.frames")
+    from wbc_edge.bundle import write_bundle
+    from wbc_edge.spec import spec_for
+
+    spec = spec_for("mimo", input_size=16)
+    model = write_bundle(tmp_path / "m.wbc", spec, {"model.fp32.onnx": rt_fakes.tiny_onnx(spec, rt_fakes.tiny_weights(spec))})
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "wbc_edge.cli.run", "synthetic://?seed=4", "--model", str(model),
+                             "--out", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_cells(out, 5, proc, timeout=60)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[0])["source"] == "synthetic://?seed=4"
+    s = summarize(out)
+    assert s.bad_lines == 0 and s.total_cells == len(lines) - 1 >= 5
