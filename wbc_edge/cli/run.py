@@ -21,7 +21,8 @@ log = logging.getLogger("wbc_edge.cli.run")
 
 SOURCE_USAGE = """\
 sources (SOURCE or --camera):
-  synthetic://[?seed=N&fps=F]     built-in simulated four-light camera (default)
+  synthetic://[?seed=N&sets=N]    built-in simulated four-light camera (default); also fps=F,
+                                  realtime=1, loop=1, drop_every=K, duplicate_every=K, corrupt_every=K
   /dev/video0, v4l2:///dev/video0 USB / V4L2 camera (one-frame buffer, frames never stale)
   csi://0                         Jetson CSI camera through GStreamer nvarguscamerasrc
   gst:PIPELINE                    any GStreamer pipeline ending in appsink
