@@ -121,3 +121,15 @@ def test_unwritable_location_is_a_clear_error(tmp_path):
 def test_real_full_device_gives_clear_error():
     with pytest.raises(OutputError, match="No space left on device"):
         ResultWriter("/dev/full", header={"classes": ["a"]})
+
+
+def test_a_second_run_to_the_same_file_is_summarised_alone(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with ResultWriter(path, header={"classes": ["a", "b"]}) as w:
+        for i in range(5):
+            w.write(cell(i, "a"))
+    with ResultWriter(path, header={"classes": ["a", "b"]}) as w:
+        for i in range(2):
+            w.write(cell(i, "b"))
+    s = summarize(path)
+    assert s.counts == {"a": 0, "b": 2} and s.runs_in_file == 2

@@ -120,6 +120,8 @@ def summarize_main(argv: list[str]) -> int:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         print(summary.format_table())
+        if summary.runs_in_file > 1:
+            print(f"the file holds {summary.runs_in_file} runs; this is the last one")
         if summary.bad_lines:
             print(f"{summary.bad_lines} unparsable line(s) skipped (a run killed mid-write)")
     if a.report:

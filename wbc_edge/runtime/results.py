@@ -152,6 +152,7 @@ class RunSummary:
     precision: str = ""
     results_path: str | None = None
     bad_lines: int = 0
+    runs_in_file: int = 1  # summarize: runs appended to one results file (the last is summarised)
     stats: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -259,15 +260,18 @@ def _open_unbuffered(path: str, mode: str) -> Any:
     return open(path, mode, buffering=0)
 
 
-def read_results(path: str | os.PathLike) -> tuple[dict[str, Any], list[CellResult], int]:
-    """(header, cells, bad_lines) from a results file; unparsable lines (a killed write) are counted."""
+def read_runs(path: str | os.PathLike) -> tuple[list[tuple[dict[str, Any], list[CellResult]]], int]:
+    """([(header, cells) per run, in file order], bad_lines) from a results file.
+
+    Runs that reused the same --out file are appended one after another, each after its own header;
+    unparsable lines (a write cut by a kill) are skipped and counted.
+    """
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except OSError as e:
         raise DataError(f"{path}: cannot read results ({e.strerror or e})") from None
-    header: dict[str, Any] = {}
-    cells: list[CellResult] = []
+    runs: list[tuple[dict[str, Any], list[CellResult]]] = []
     bad = 0
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -276,20 +280,31 @@ def read_results(path: str | os.PathLike) -> tuple[dict[str, Any], list[CellResu
             rec = json.loads(line)
             kind = rec.get("record", "cell")
             if kind == "run":
-                header = header or rec
+                runs.append((rec, []))
             elif kind == "cell":
-                cells.append(CellResult.from_json_dict(rec))
+                cell = CellResult.from_json_dict(rec)
+                if not runs:
+                    runs.append(({}, []))
+                runs[-1][1].append(cell)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             bad += 1
             log.warning("%s line %d: not a result record, skipped", path, lineno)
-    if not header and not cells:
+    if not runs:
         raise DataError(f"{path}: no result records (not a wbc-run results file?)")
+    return runs, bad
+
+
+def read_results(path: str | os.PathLike) -> tuple[dict[str, Any], list[CellResult], int]:
+    """(header, cells, bad_lines) of the last run in a results file."""
+    runs, bad = read_runs(path)
+    header, cells = runs[-1]
     return header, cells, bad
 
 
 def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
     """Rebuild the run's differential from its per-cell results file (the source of truth)."""
-    header, cells, bad = read_results(results_jsonl)
+    runs, bad = read_runs(results_jsonl)
+    header, cells = runs[-1]  # the file may hold earlier runs that wrote to the same path
     diff = Differential(header.get("classes") or [])
     flags: dict[str, int] = {}
     sets: set[int] = set()
@@ -303,7 +318,8 @@ def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
         diff, flag_counts=flags, sets=len(sets), duration_s=(max(times) - min(times)) if times else 0.0,
         source=str(header.get("source", "")), model=str(header.get("model", "")),
         backend=str(header.get("backend", "")), precision=str(header.get("precision", "")),
-        results_path=str(results_jsonl), bad_lines=bad, stop_reason="rebuilt from results file")
+        results_path=str(results_jsonl), bad_lines=bad, runs_in_file=len(runs),
+        stop_reason="rebuilt from results file")
 
 
 def count_flags(results: Iterable[CellResult]) -> dict[str, int]:
