@@ -69,11 +69,10 @@ def test_auto_falls_back_to_fp32_when_gate_rejected_or_unrecorded(tmp_path, rt_s
 
 
 def test_tensorrt_asked_without_tensorrt_is_a_clear_error(rt_bundle):
-    try:
-        import tensorrt  # noqa: F401
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here")
-    except ImportError:
-        pass
     with pytest.raises(BackendUnavailable, match="tensorrt"):
         open_backend(rt_bundle[0], backend="tensorrt")
 
