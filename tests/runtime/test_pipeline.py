@@ -245,3 +245,24 @@ def test_synthetic_dropped_frames_follow_the_missing_light_policy(tmp_path, rt_f
             missing = {f.split(":", 1)[1] for f in r.flags if f.startswith("missing:")}
             assert missing.isdisjoint(r.head_probs) and len(r.head_probs) == 4 - len(missing)
     assert summary.total_cells == len(got) > 0
+
+
+def test_single_light_model_reads_its_light_from_the_four_light_cycle(tmp_path, rt_fakes, rt_analyzer_kw):
+    from wbc_edge.bundle import write_bundle
+    from wbc_edge.spec import spec_for
+
+    spec = spec_for("single", modalities=("color2",), input_size=16)
+    weights = rt_fakes.tiny_weights(spec)
+    path = write_bundle(tmp_path / "c2.wbc", spec, {"model.fp32.onnx": rt_fakes.tiny_onnx(spec, weights)})
+    four = spec_for("mimo", input_size=16)
+    frames = rt_fakes.make_fields(2, four, cells_per_field=2)
+    got = []
+    with Analyzer(path, precision="fp32", crop_px=rt_fakes.CROP_PX, **rt_analyzer_kw) as an:
+        assert an.light_order == ("fluorescent", "color1", "color2", "color3")
+        an.analyze(rt_fakes.Source(frames), on_result=got.append)
+    assert len(got) == 4 and all(list(r.head_probs) == ["color2"] for r in got)
+    asm = rt_fakes.Assembler(four.modalities)
+    s0 = (asm.push(frames[0]), [asm.push(f) for f in frames[1:4]], asm.flush())[2][0]
+    batch, _ = rt_fakes.crop(s0, rt_fakes.locate(s0.images["fluorescent"]), rt_fakes.CROP_PX, spec)
+    probs, _ = rt_fakes.reference(batch, spec, weights)
+    np.testing.assert_allclose([r.probability for r in got if r.set_index == 0], probs.max(axis=1), rtol=1e-4)

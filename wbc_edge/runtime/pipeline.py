@@ -27,6 +27,7 @@ from wbc_edge.errors import DataError, SpecError, WbcError
 from wbc_edge.runtime.results import (FLAG_HEADS_DISAGREE, FLAG_MISSING_PREFIX, CellResult, Differential,
                                       ResultWriter, RunSummary)
 from wbc_edge.runtime.stats import RunStats
+from wbc_edge.spec import MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,12 @@ class Analyzer:
         self.missing_light = missing_light
         self.crop_px = int(crop_px) if crop_px else _default_crop_px(self.bundle)
         self.align = bool(align)
-        self.light_order = tuple(light_order) if light_order else tuple(self.spec.modalities)
+        if light_order:
+            self.light_order = tuple(light_order)
+        elif LOCATOR_LIGHT in self.spec.modalities:
+            self.light_order = tuple(self.spec.modalities)
+        else:  # a model reading fewer lights still sees the camera's full cycle, fluorescence included
+            self.light_order = (LOCATOR_LIGHT,) + tuple(m for m in MODALITIES if m != LOCATOR_LIGHT)
         if runner is None:
             from wbc_edge.runtime.backends import open_backend
 
