@@ -1,0 +1,174 @@
+"""Cell location and cropping: accuracy on synthetic fields, adversarial images, crops, alignment."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from wbc_edge.errors import DataError
+from wbc_edge.preprocess import cell_to_input
+from wbc_edge.runtime.assembler import LightSet
+from wbc_edge.runtime.locator import (
+    CellBox,
+    align_lights,
+    box_iou,
+    crop_cells,
+    crop_window,
+    detection_scores,
+    locate_cells,
+)
+from wbc_edge.spec import spec_for
+from wbc_edge.synth.frames import SyntheticCamera
+from wbc_edge.synth.scene import CROP_PX
+
+log = logging.getLogger(__name__)
+FIELDS = str(Path(__file__).with_name("test_locator_fields.py"))
+
+
+def _fields_module():
+    import importlib.util
+    import sys
+
+    name = "wbc_frontend_test_fields"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, FIELDS)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_detection_on_twenty_synthetic_fields():
+    """Recall and precision against `wbc-synth` truth (cells cut by the border excluded)."""
+    camera = SyntheticCamera(seed=21)
+    tp = fp = fn = 0
+    for set_index in range(20):
+        images, truth = camera.render_set(set_index)
+        boxes = locate_cells(images["fluorescent"])
+        scores = detection_scores(boxes, [c.box for c in truth if not c.cut_by_border])
+        tp, fp, fn = tp + scores["tp"], fp + scores["fp"], fn + scores["fn"]
+        h, w = images["fluorescent"].shape[:2]
+        assert all(0 <= b.x0 < b.x1 <= w and 0 <= b.y0 < b.y1 <= h for b in boxes)
+    recall, precision = tp / (tp + fn), tp / (tp + fp)
+    log.info("detection on 20 synthetic fields: recall %.4f precision %.4f (tp %d fp %d fn %d)", recall, precision, tp, fp, fn)
+    assert tp > 60
+    assert recall >= 0.95 and precision >= 0.95
+
+
+def test_detection_on_independently_composed_fields():
+    fields = _fields_module()
+    tp = fp = fn = 0
+    for seed in range(12):
+        images, truth = fields.compose_field(seed)
+        scores = detection_scores(locate_cells(images["fluorescent"]), [b for b in truth if fields.inside(b, 320, 240)])
+        tp, fp, fn = tp + scores["tp"], fp + scores["fp"], fn + scores["fn"]
+    assert tp / (tp + fn) >= 0.9 and tp / (tp + fp) >= 0.95
+
+
+def test_lobes_of_one_cell_merge_and_debris_and_border_cells_are_rejected():
+    img = np.full((200, 300, 3), 8, np.uint8)
+    # a three-lobed cell: lobes 2-3 px apart inside a faint red cytoplasm disk
+    yy, xx = np.mgrid[:200, :300]
+    img[(xx - 100) ** 2 + (yy - 100) ** 2 < 18**2, 0] = 40
+    for dx, dy in ((-10, 0), (0, 7), (10, 0)):
+        img[(xx - 100 - dx) ** 2 + (yy - 100 - dy) ** 2 < 4**2] = (60, 200, 60)
+    img[(xx - 200) ** 2 + (yy - 60) ** 2 < 2**2] = (90, 240, 70)  # debris: tiny, no cytoplasm
+    img[(xx - 295) ** 2 + (yy - 150) ** 2 < 8**2] = (60, 200, 60)  # a nucleus cut by the right border
+    boxes = locate_cells(img)
+    assert len(boxes) == 1
+    (cell,) = boxes
+    assert cell.n_lobes == 3 and abs(cell.cx - 100) < 2 and abs(cell.cy - 102) < 3
+    assert cell.x0 <= 100 - 17 and cell.x1 >= 100 + 17  # the box covers the cytoplasm, not just the lobes
+    assert [b.n_lobes for b in locate_cells(img, merge_distance=2)] == [1, 1, 1]  # lobes too far apart to merge
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    image=st.one_of(
+        arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40), st.just(3))),
+        arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40))),
+        st.builds(lambda v, h, w: np.full((h, w, 3), v, np.uint8), st.sampled_from([0, 128, 255]),
+                  st.integers(1, 120), st.integers(1, 120)),
+        st.builds(lambda s, h, w: np.random.default_rng(s).integers(0, 256, (h, w, 3), dtype=np.uint8),
+                  st.integers(0, 1000), st.integers(8, 160), st.integers(8, 160)),
+    )
+)
+def test_locator_survives_random_and_adversarial_images(image):
+    boxes = locate_cells(image)
+    h, w = image.shape[:2]
+    for b in boxes:
+        assert 0 <= b.x0 < b.x1 <= w and 0 <= b.y0 < b.y1 <= h
+        assert b.area > 0 and b.n_lobes >= 1
+
+
+def test_flat_and_empty_fields_have_no_cells():
+    assert locate_cells(np.zeros((120, 160, 3), np.uint8)) == []
+    assert locate_cells(np.full((120, 160, 3), 255, np.uint8)) == []
+    noise = np.random.default_rng(0).normal(8, 3, (240, 320, 3)).clip(0, 255).astype(np.uint8)
+    assert locate_cells(noise) == []
+    with pytest.raises(DataError, match="locate_cells"):
+        locate_cells(np.zeros((4,), np.uint8))
+
+
+def test_crop_cells_cuts_the_same_window_from_every_light():
+    spec = spec_for("mimo", input_size=32)
+    rng = np.random.default_rng(1)
+    images = {light: rng.integers(0, 256, (100, 120, 3), dtype=np.uint8) for light in spec.modalities}
+    images["color2"] = None
+    light_set = LightSet(0, images, {}, {"missing:color2"})
+    boxes = [CellBox(40, 30, 60, 50, 50.0, 40.0, 100, 1), CellBox(0, 0, 10, 10, 4.0, 3.0, 50, 1)]
+    batch, kept = crop_cells(light_set, boxes, 32, spec)
+    assert batch.shape == (2, 12, 32, 32) and batch.dtype == np.uint8 and kept == boxes
+    expected = cell_to_input({k: (None if v is None else v[24:56, 34:66]) for k, v in images.items()}, spec)
+    assert np.array_equal(batch[0], expected)
+    assert np.array_equal(batch[1][3:6], cell_to_input({"color1": crop_window(images["color1"], 4.0, 3.0, 32)}, spec)[3:6])
+    batch, kept = crop_cells(light_set, boxes, 32, spec, edge="drop")
+    assert kept == boxes[:1] and batch.shape[0] == 1
+    empty, none_kept = crop_cells(light_set, [], 32, spec)
+    assert empty.shape == (0, 12, 32, 32) and none_kept == []
+
+
+def test_crop_window_mirrors_past_the_edge():
+    img = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    win = crop_window(img, 0.0, 0.0, 8)
+    assert win.shape == (8, 8, 3)
+    assert np.array_equal(win[4:, 4:], img[:4, :4])
+    assert crop_window(img, 100.0, 100.0, 4).shape == (4, 4, 3)
+
+
+def test_synthetic_crops_have_the_training_crop_size():
+    camera = SyntheticCamera(seed=3, width=320, height=240)
+    images, truth = camera.render_set(0)
+    spec = spec_for("mimo", input_size=64)
+    boxes = locate_cells(images["fluorescent"])
+    batch, kept = crop_cells(images, boxes, CROP_PX, spec)
+    assert batch.shape == (len(kept), 12, 64, 64)
+    centres = [c.center for c in truth if not c.cut_by_border]
+    for b in kept:  # every crop is centred within a few px of a true cell centre
+        assert min(np.hypot(b.cx - x, b.cy - y) for x, y in centres) < 6
+
+
+def test_align_lights_recovers_a_known_shift():
+    camera = SyntheticCamera(seed=4, width=320, height=240)
+    images, _ = camera.render_set(0)
+    shifted = dict(images)
+    shifted["color3"] = np.roll(images["color1"], (3, -2), axis=(0, 1))  # same structure, moved
+    aligned, shifts = align_lights(shifted, reference="color1", lights=["color1", "color3"])
+    dx, dy = shifts["color3"]
+    assert abs(dx + 2) < 0.5 and abs(dy - 3) < 0.5
+    inner = np.s_[10:-10, 10:-10]
+    before = np.abs(shifted["color3"][inner].astype(int) - images["color1"][inner]).mean()
+    after = np.abs(aligned["color3"][inner].astype(int) - images["color1"][inner]).mean()
+    assert after < 0.5 * before
+
+
+def test_detection_scores_matches_one_to_one():
+    truth = [(0, 0, 10, 10), (20, 20, 30, 30)]
+    assert detection_scores([(1, 1, 10, 10), (0, 0, 9, 9)], truth) == {"tp": 1, "fp": 1, "fn": 1, "recall": 0.5, "precision": 0.5}
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert detection_scores([], [])["recall"] == 1.0

@@ -1,0 +1,320 @@
+"""Finding white cells in the fluorescence frame and cutting the same window from every light.
+
+Acridine Orange makes the nuclei of white cells glow green on a dark field; red cells have no
+nucleus and stay dark. So: the green channel, minus its slowly varying background (white top-hat,
+which removes uneven illumination), blurred a little, thresholded by Otsu with a floor (an empty
+field must not turn its noise into cells). Lobes of one nucleus (a neutrophil has two to five)
+are merged by dilating the mask by half the merge distance; components that are too small or too
+dim (debris, platelets) or too large (clumps), and cells whose box reaches the frame border, are
+rejected. The box is the nucleus' bounding box grown by `cell_margin` to the cell's likely extent.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from wbc_edge.errors import DataError
+from wbc_edge.preprocess import cell_to_input
+from wbc_edge.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CellBox:
+    """One located white cell: box (x1, y1 exclusive) and centre in frame pixels, nuclear area in px,
+    number of separate nuclear lobes, and mean nuclear brightness above background (0..255)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    cx: float
+    cy: float
+    area: int
+    n_lobes: int
+    intensity: float = 0.0
+    body_area: int = 0  # px of the cell's cytoplasm glow (0 when not measured)
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"box": list(self.box), "cx": round(self.cx, 2), "cy": round(self.cy, 2), "area": self.area,
+                "n_lobes": self.n_lobes, "intensity": round(self.intensity, 1)}
+
+
+def nuclear_signal(fluorescent: np.ndarray, *, channel: str = "green", background_px: int = 61, blur_sigma: float = 1.0) -> np.ndarray:
+    """The nuclei's glow above the local background, float32 (uneven illumination removed)."""
+    if fluorescent.ndim == 3:
+        if channel in ("red", "green", "blue"):
+            grey = fluorescent[:, :, ("red", "green", "blue").index(channel)]
+        elif channel == "luma":
+            grey = cv2.cvtColor(fluorescent, cv2.COLOR_RGB2GRAY)
+        else:
+            raise DataError(f"locator channel '{channel}': expected 'green', 'red', 'blue' or 'luma'")
+    else:
+        grey = fluorescent
+    grey = grey.astype(np.float32)
+    if blur_sigma > 0:
+        grey = cv2.GaussianBlur(grey, (0, 0), blur_sigma)
+    # Background = grey opening at a scale larger than any nucleus, taken at a quarter of the
+    # resolution (it varies slowly) so a large kernel stays cheap.
+    h, w = grey.shape
+    k = max(3, background_px // 4) | 1
+    small = cv2.resize(grey, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    background = cv2.morphologyEx(small, cv2.MORPH_OPEN, kernel)
+    background = cv2.GaussianBlur(background, (0, 0), k / 4)
+    background = cv2.resize(background, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.maximum(grey - background, 0.0)
+
+
+def locate_cells(
+    fluorescent: np.ndarray,
+    *,
+    min_area: int = 90,
+    max_area: int = 3000,
+    min_body_area: int = 270,
+    merge_distance: float = 9.0,
+    border_margin: int = 2,
+    cell_margin: int = 6,
+    max_cell_margin: int = 16,
+    body_contrast: float = 10.0,
+    min_contrast: float = 30.0,
+    min_intensity: float = 45.0,
+    channel: str = "green",
+    background_px: int = 61,
+    blur_sigma: float = 1.0,
+) -> list[CellBox]:
+    """White cells in a fluorescence frame (RGB uint8 HxWx3, or a single-channel image).
+
+    min_area / max_area: nuclear area (px, lobes summed) of a cell; below is debris, above a clump.
+    min_body_area: a smaller nucleus (down to min_area / 3: a small two-lobed cell) is still a cell
+        when the cytoplasm glow around it covers at least this many px (debris has no cytoplasm).
+    merge_distance: lobes closer than this (px) belong to one cell.
+    border_margin: a cell whose box comes within this many px of the frame edge is cut by the
+        border and rejected.
+    Cell box: the cytoplasm's faint red glow (RNA, Acridine Orange) around the nucleus, where it rises
+        `body_contrast` above background, at most `max_cell_margin` px beyond the nucleus; for a
+        single-channel frame (no glow to see) the nucleus box grown by `cell_margin`.
+    min_contrast: floor under the Otsu threshold (0..255 above background).
+    min_intensity: a cell's mean nuclear brightness above background must reach this.
+    """
+    if not isinstance(fluorescent, np.ndarray) or fluorescent.ndim not in (2, 3) or fluorescent.size == 0:
+        raise DataError(f"locate_cells: expected an HxW or HxWx3 image, got {getattr(fluorescent, 'shape', type(fluorescent))}")
+    h, w = fluorescent.shape[:2]
+    if h < 3 or w < 3:
+        return []
+    signal = nuclear_signal(fluorescent, channel=channel, background_px=background_px, blur_sigma=blur_sigma)
+    signal8 = np.clip(signal, 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(signal8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    threshold = max(float(otsu), float(min_contrast))
+    mask = (signal8 > threshold).astype(np.uint8)
+    if not mask.any():
+        return []
+
+    n_lobes, lobe_labels, lobe_stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    body_labels, body_stats = None, None
+    if fluorescent.ndim == 3 and body_contrast > 0:
+        glow = nuclear_signal(fluorescent, channel="red", background_px=background_px, blur_sigma=1.5)
+        body = ((glow > body_contrast) | (mask > 0)).astype(np.uint8)
+        _, body_labels, body_stats, _ = cv2.connectedComponentsWithStats(body, connectivity=8)
+    grow = max(1, int(round(merge_distance / 2)))
+    merged = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    n_cells, cell_labels = cv2.connectedComponents(merged, connectivity=8)
+
+    # Map every lobe to the merged cell it falls in; accumulate per cell.
+    ys, xs = np.nonzero(mask)
+    cell_of_pixel = cell_labels[ys, xs]
+    values = signal[ys, xs]
+    order = np.argsort(cell_of_pixel, kind="stable")
+    cell_sorted = cell_of_pixel[order]
+    bounds = np.searchsorted(cell_sorted, np.arange(1, n_cells + 1))
+    boxes: list[CellBox] = []
+    for cell in range(1, n_cells):
+        sel = order[bounds[cell - 1] : bounds[cell]]
+        area = int(sel.size)
+        if area < min_area / 3 or area > max_area:
+            continue
+        v = values[sel]
+        intensity = float(v.mean())
+        if intensity < min_intensity:
+            continue
+        px, py = xs[sel], ys[sel]
+        weight = v.astype(np.float64)
+        cx = float((px * weight).sum() / weight.sum())
+        cy = float((py * weight).sum() / weight.sum())
+        nx0, ny0, nx1, ny1 = int(px.min()), int(py.min()), int(px.max()) + 1, int(py.max()) + 1
+        body_area = 0
+        if body_labels is not None:
+            parts = np.unique(body_labels[py, px])
+            st = body_stats[parts]
+            body_area = int(st[:, cv2.CC_STAT_AREA].sum())
+            x0 = max(int(st[:, 0].min()) - 1, nx0 - max_cell_margin)
+            y0 = max(int(st[:, 1].min()) - 1, ny0 - max_cell_margin)
+            x1 = min(int((st[:, 0] + st[:, 2]).max()) + 1, nx1 + max_cell_margin)
+            y1 = min(int((st[:, 1] + st[:, 3]).max()) + 1, ny1 + max_cell_margin)
+        else:
+            x0, y0, x1, y1 = nx0 - cell_margin, ny0 - cell_margin, nx1 + cell_margin, ny1 + cell_margin
+        if area < min_area and body_area < min_body_area:
+            continue  # small and without cytoplasm: debris
+        if x0 < border_margin or y0 < border_margin or x1 > w - border_margin or y1 > h - border_margin:
+            continue  # cut by the frame border: its crop would be incomplete
+        lobes = len(np.unique(lobe_labels[py, px]))
+        boxes.append(CellBox(x0, y0, x1, y1, cx, cy, area, lobes, intensity, body_area))
+    boxes.sort(key=lambda b: (b.y0, b.x0))
+    return boxes
+
+
+def crop_window(image: np.ndarray, cx: float, cy: float, side: int) -> np.ndarray:
+    """A side x side window centred on (cx, cy); parts outside the frame are mirrored in."""
+    h, w = image.shape[:2]
+    x0 = int(round(cx - side / 2))
+    y0 = int(round(cy - side / 2))
+    x1, y1 = x0 + side, y0 + side
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+        return image[y0:y1, x0:x1]
+    inner = image[max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)]
+    if inner.size == 0:
+        return np.zeros((side, side) + image.shape[2:], image.dtype)
+    pad = [(max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w))] + [(0, 0)] * (image.ndim - 2)
+    return np.pad(inner, pad, mode="symmetric")
+
+
+def crop_cells(
+    light_set: Any,
+    boxes: Sequence[CellBox],
+    crop_px: int,
+    spec: ModelSpec,
+    *,
+    edge: str = "pad",
+) -> tuple[np.ndarray, list[CellBox]]:
+    """Cut the same crop_px window, centred on each cell, from every light and lay it out as model input.
+
+    `light_set` is a LightSet (or a mapping light -> image | None). Returns (uint8 [N, 3M, S, S],
+    kept boxes). edge="pad" mirrors windows that reach past the frame; edge="drop" drops those cells.
+    """
+    if edge not in ("pad", "drop"):
+        raise DataError(f"crop_cells edge '{edge}': expected 'pad' or 'drop'")
+    if crop_px < 2:
+        raise DataError(f"crop_cells crop_px {crop_px}: must be at least 2")
+    images: Mapping[str, np.ndarray | None] = getattr(light_set, "images", light_set)
+    present = {light: img for light, img in images.items() if img is not None and light in spec.modalities}
+    kept: list[CellBox] = []
+    for box in boxes:
+        if edge == "drop":
+            ok = True
+            for img in present.values():
+                h, w = img.shape[:2]
+                x0, y0 = int(round(box.cx - crop_px / 2)), int(round(box.cy - crop_px / 2))
+                ok &= x0 >= 0 and y0 >= 0 and x0 + crop_px <= w and y0 + crop_px <= h
+            if not ok:
+                continue
+        kept.append(box)
+    batch = np.empty((len(kept), spec.in_channels, spec.input_size, spec.input_size), dtype=np.uint8)
+    for i, box in enumerate(kept):
+        windows = {light: crop_window(img, box.cx, box.cy, crop_px) for light, img in present.items()}
+        cell_to_input(windows, spec, out=batch[i])
+    return batch, kept
+
+
+def align_lights(
+    light_set: Any,
+    *,
+    reference: str | None = None,
+    lights: Sequence[str] | None = None,
+    max_shift: float = 8.0,
+    min_response: float = 0.05,
+) -> tuple[Any, dict[str, tuple[float, float]]]:
+    """Correct small shifts between bright-field lights (phase correlation of their red-cell outlines
+    against one reference light). Returns (a LightSet-like copy with shifted images, shifts in px
+    applied per light). A shift larger than `max_shift` or a weak correlation peak is not applied.
+
+    The fluorescence frame is left alone by default: it shares few structures with bright-field
+    (nuclei only), so pass it in `lights` only after measuring that it helps on your device.
+    """
+    import dataclasses
+
+    images: dict[str, np.ndarray | None] = dict(getattr(light_set, "images", light_set))
+    candidates = [k for k, v in images.items() if v is not None and (lights is None or k in lights)]
+    if lights is None:
+        candidates = [k for k in candidates if _median_grey(images[k]) > 70]  # bright-field only
+    if reference is None:
+        reference = candidates[0] if candidates else None
+    shifts: dict[str, tuple[float, float]] = {}
+    if reference is None or images.get(reference) is None:
+        return light_set, shifts
+    ref = _edge_map(images[reference])
+    window = cv2.createHanningWindow(ref.shape[::-1], cv2.CV_32F)
+    for light in candidates:
+        if light == reference or images[light].shape != images[reference].shape:
+            continue
+        (dx, dy), response = cv2.phaseCorrelate(ref, _edge_map(images[light]), window)
+        if response < min_response or abs(dx) > max_shift or abs(dy) > max_shift:
+            log.debug("align %s: shift (%.1f, %.1f) response %.3f not applied", light, dx, dy, response)
+            continue
+        h, w = images[light].shape[:2]
+        m = np.float32([[1, 0, -dx], [0, 1, -dy]])
+        images[light] = cv2.warpAffine(images[light], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        shifts[light] = (float(dx), float(dy))
+    if dataclasses.is_dataclass(light_set):
+        return dataclasses.replace(light_set, images=images), shifts
+    return images, shifts
+
+
+def _median_grey(img: np.ndarray) -> float:
+    return float(np.median(cv2.cvtColor(img[::4, ::4], cv2.COLOR_RGB2GRAY)))
+
+
+def _edge_map(img: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32) if img.ndim == 3 else img.astype(np.float32)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1)
+    return cv2.GaussianBlur(cv2.magnitude(gx, gy), (0, 0), 1.0)
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _as_box(item: Any) -> tuple[float, float, float, float]:
+    if isinstance(item, CellBox):
+        return item.box
+    if isinstance(item, Mapping):
+        item = item.get("box", item.get("bbox"))
+    return tuple(float(v) for v in item)  # type: ignore[return-value]
+
+
+def detection_scores(pred_boxes: Sequence[Any], truth: Sequence[Any], iou: float = 0.3) -> dict[str, float]:
+    """Recall and precision of located cells against ground-truth boxes (greedy one-to-one matching by
+    IoU). Boxes are CellBoxes, (x0, y0, x1, y1) tuples or dicts with a "box" key."""
+    preds = [_as_box(p) for p in pred_boxes]
+    truths = [_as_box(t) for t in truth]
+    pairs = sorted(((box_iou(p, t), i, j) for i, p in enumerate(preds) for j, t in enumerate(truths)), reverse=True)
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    for score, i, j in pairs:
+        if score < iou:
+            break
+        if i in used_p or j in used_t:
+            continue
+        used_p.add(i)
+        used_t.add(j)
+    tp = len(used_p)
+    return {
+        "tp": tp,
+        "fp": len(preds) - tp,
+        "fn": len(truths) - tp,
+        "recall": tp / len(truths) if truths else 1.0,
+        "precision": tp / len(preds) if preds else 1.0,
+    }
