@@ -149,3 +149,11 @@ def test_real_cli_on_simulated_camera_survives_sigkill(tmp_path, rt_spec, rt_fak
     assert json.loads(lines[0])["source"] == "synthetic://?seed=4"
     s = summarize(out)
     assert s.bad_lines == 0 and s.total_cells == len(lines) - 1 >= 5
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_full_disk_is_one_line_exit_2(tmp_path, rt_bundle):
+    proc = start(tmp_path, ["x", "--model", str(rt_bundle[0]), "--out", "/dev/full", "--quiet"], fields=3, period=0.0)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert stderr.strip().count("\n") == 0 and "/dev/full" in stderr and "No space left" in stderr

@@ -134,6 +134,7 @@ def summarize_main(argv: list[str]) -> int:
 
 def run(a: argparse.Namespace) -> int:
     from wbc_edge.runtime.pipeline import Analyzer
+    from wbc_edge.runtime.results import OutputError
     from wbc_edge.runtime.sources import open_source
 
     model = a.model or default_model()
@@ -197,6 +198,13 @@ def run(a: argparse.Namespace) -> int:
         with analyzer:
             summary = analyzer.analyze(source, sink=a.out, max_cells=a.max_cells, duration=a.duration,
                                        on_result=on_result, on_set=on_set)
+    except OutputError:
+        status.end()
+        if analyzer.differential.total:  # what was counted (and written) before the output failed
+            from wbc_edge.runtime.results import RunSummary
+
+            print(RunSummary.from_differential(analyzer.differential).format_table())
+        raise
     finally:
         source.close()
         for s, h in previous.items():
