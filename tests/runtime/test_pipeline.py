@@ -91,13 +91,19 @@ def test_missing_light_skip_vs_heads(tmp_path, rt_bundle, rt_spec, rt_fakes, rt_
         np.testing.assert_allclose(r.head_probs["color1"], ref_head[0, 1], rtol=1e-4, atol=1e-5)
 
 
-def test_max_cells_stops_and_counts_exactly(rt_bundle, rt_spec, rt_fakes, rt_analyzer_kw):
+def test_max_cells_stops_and_counts_exactly(tmp_path, rt_bundle, rt_spec, rt_fakes, rt_analyzer_kw):
     path, _ = rt_bundle
     frames = rt_fakes.make_fields(20, rt_spec, cells_per_field=3)
     with Analyzer(path, precision="fp32", **rt_analyzer_kw) as an:
-        summary = an.analyze(rt_fakes.Source(frames), max_cells=10)
+        summary = an.analyze(rt_fakes.Source(frames), sink=tmp_path / "r.jsonl", max_cells=10)
     assert summary.total_cells == 10 and summary.stop_reason == "max_cells"
     assert sum(summary.counts.values()) == 10
+    # cells classified in flight after the limit are on disk, flagged, and not counted by summarize
+    lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()[1:]]
+    beyond = [x for x in lines if "beyond_max_cells" in x["flags"]]
+    assert len(lines) - len(beyond) == 10 and len(beyond) == summary.cells_discarded
+    rebuilt = summarize(tmp_path / "r.jsonl")
+    assert rebuilt.counts == summary.counts and rebuilt.cells_discarded == summary.cells_discarded
 
 
 class SlowRunner(OnnxRuntimeRunner):

@@ -220,7 +220,8 @@ def run(a: argparse.Namespace) -> int:
           f"({summary.frames_dropped} dropped, {summary.frames_rejected} rejected) in {summary.duration_s:.1f} s; "
           f"stopped: {summary.stop_reason}")
     if summary.cells_discarded:
-        print(f"{summary.cells_discarded} cell(s) classified after the {a.max_cells}-cell limit were not counted")
+        print(f"{summary.cells_discarded} cell(s) classified after the {a.max_cells}-cell limit were not counted"
+              + (" (kept in the results file, flagged beyond_max_cells)" if a.out else ""))
     if a.stats:
         print(analyzer.stats.format())
     if a.out:

@@ -24,7 +24,7 @@ import numpy as np
 
 from wbc_edge.bundle import Bundle
 from wbc_edge.errors import DataError, SpecError, WbcError
-from wbc_edge.runtime.results import (FLAG_HEADS_DISAGREE, FLAG_MISSING_PREFIX, CellResult, Differential,
+from wbc_edge.runtime.results import (FLAG_BEYOND_LIMIT, FLAG_HEADS_DISAGREE, FLAG_MISSING_PREFIX, CellResult, Differential,
                                       ResultWriter, RunSummary)
 from wbc_edge.runtime.stats import RunStats
 from wbc_edge.spec import MODALITIES
@@ -488,7 +488,12 @@ class Analyzer:
         counted = []
         for res in results:
             if max_cells is not None and self.differential.total >= max_cells:
-                state.cells_discarded += 1  # classified in flight after the differential was full
+                # classified in flight after the differential was full: kept on disk, flagged, not counted
+                state.cells_discarded += 1
+                if writer is not None:
+                    res.flags = res.flags + [FLAG_BEYOND_LIMIT]
+                    with self.stats.time("write"):
+                        writer.write(res)
                 continue
             if writer is not None:
                 with self.stats.time("write"):

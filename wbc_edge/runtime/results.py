@@ -23,6 +23,7 @@ Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 # Flags a cell can carry (also set-level flags from the assembler are copied through).
 FLAG_HEADS_DISAGREE = "heads_disagree"
 FLAG_MISSING_PREFIX = "missing:"  # e.g. "missing:color2": classified with the heads of the present lights
+FLAG_BEYOND_LIMIT = "beyond_max_cells"  # classified in flight after the max-cells differential was full: kept, not counted
 
 
 class OutputError(WbcError):
@@ -143,7 +144,7 @@ class RunSummary:
     frames: int = 0
     frames_dropped: int = 0
     frames_rejected: int = 0
-    cells_discarded: int = 0  # classified after the max-cells stop, not counted
+    cells_discarded: int = 0  # classified in flight after the max-cells stop: written flagged, not counted
     duration_s: float = 0.0
     stop_reason: str = ""
     source: str = ""
@@ -308,17 +309,21 @@ def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
     diff = Differential(header.get("classes") or [])
     flags: dict[str, int] = {}
     sets: set[int] = set()
+    discarded = 0
     for c in cells:
+        if FLAG_BEYOND_LIMIT in c.flags:
+            discarded += 1
+            continue
         diff.add(c.label)
         sets.add(c.set_index)
         for f in c.flags:
             flags[f] = flags.get(f, 0) + 1
-    times = [c.time for c in cells]
+    times = [c.time for c in cells if FLAG_BEYOND_LIMIT not in c.flags]
     return RunSummary.from_differential(
         diff, flag_counts=flags, sets=len(sets), duration_s=(max(times) - min(times)) if times else 0.0,
         source=str(header.get("source", "")), model=str(header.get("model", "")),
         backend=str(header.get("backend", "")), precision=str(header.get("precision", "")),
-        results_path=str(results_jsonl), bad_lines=bad, runs_in_file=len(runs),
+        results_path=str(results_jsonl), bad_lines=bad, runs_in_file=len(runs), cells_discarded=discarded,
         stop_reason="rebuilt from results file")
 
 
