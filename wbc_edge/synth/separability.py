@@ -1,9 +1,9 @@
 """How much class evidence each light carries: a cheap, rotation-invariant feature probe.
 
 Used by the tests and by docs/synthetic-data.md. Features per light: per-channel ring means and ring
-standard deviations around the crop centre (size, nucleus/cytoplasm/granule colour and texture),
-plus a small colour histogram. A logistic regression on one light vs all lights concatenated shows
-whether each light is imperfect alone and whether fusing them helps.
+standard deviations around the crop centre (size, nucleus/cytoplasm/granule colour and texture) of
+the RGB planes and of a Laplacian (edge/texture) plane. A shrinkage linear discriminant on one light
+vs all lights concatenated shows whether each light is imperfect alone and whether fusing helps.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def feature_matrix(cells: Sequence[Mapping[str, np.ndarray]], lights: Sequence[s
 
 def probe(features: Mapping[str, np.ndarray], labels: np.ndarray, folds: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
     """Cross-validated accuracy, macro F1 and weighted F1 per light and for all lights fused."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -57,7 +57,7 @@ def probe(features: Mapping[str, np.ndarray], labels: np.ndarray, folds: int = 5
     cv = StratifiedKFold(n_splits=max(n_splits, 2), shuffle=True, random_state=seed)
     result = {}
     for name, x in sets.items():
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000))
+        model = make_pipeline(StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"))
         pred = cross_val_predict(model, x, labels, cv=cv)
         result[name] = {
             "accuracy": float(accuracy_score(labels, pred)),
