@@ -103,7 +103,7 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
     }
 
 
-def _mean_std(values: Sequence[float | None]) -> dict[str, Any]:
+def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     finite = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not finite:
         return {"mean": None, "std": None, "n": 0, "values": list(values)}
@@ -122,12 +122,12 @@ def summarize_folds(fold_metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]
         raise DataError("metrics: no folds to summarise")
     summary: dict[str, Any] = {"folds": len(fold_metrics)}
     for name in SCALAR_METRICS:
-        summary[name] = _mean_std([m.get(name) for m in fold_metrics])
+        summary[name] = mean_std([m.get(name) for m in fold_metrics])
     classes: list[str] = []
     for m in fold_metrics:
         classes.extend(c for c in m.get("per_class_recall", {}) if c not in classes)
     summary["per_class_recall"] = {
-        c: _mean_std([m.get("per_class_recall", {}).get(c) for m in fold_metrics]) for c in classes
+        c: mean_std([m.get("per_class_recall", {}).get(c) for m in fold_metrics]) for c in classes
     }
     confusions = [np.asarray(m["confusion"]) for m in fold_metrics if m.get("confusion") is not None]
     if confusions and all(c.shape == confusions[0].shape for c in confusions):

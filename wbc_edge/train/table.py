@@ -23,7 +23,7 @@ from wbc_edge.train.complexity import (
     COMPLEXITY_METHODS, complexity_rows, format_complexity_table,
 )
 from wbc_edge.train.config import method_dirname
-from wbc_edge.train.metrics import SCALAR_METRICS, summarize_folds
+from wbc_edge.train.metrics import SCALAR_METRICS, mean_std, summarize_folds
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,16 @@ def render_table_md(table: Mapping[str, Any]) -> str:
             recall = row["summary"].get("per_class_recall", {})
             lines.append(f"| {method_label(method)} | " + " | ".join(_cell(recall.get(c)) for c in classes) + " |")
 
+    independent = {m: row["head_independence"] for m, row in methods.items() if row.get("head_independence")}
+    if independent:
+        heads = list(dict.fromkeys(h for rows in independent.values() for h in rows))
+        lines += ["", "Head independence: accuracy (%) of head k when only light k is given (other slots at the "
+                  "missing fill), mean ± std over folds:", "",
+                  "| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+        for m, rows in independent.items():
+            lines.append(f"| {method_label(m)} | " + " | ".join(_cell((rows.get(h) or {}).get("accuracy"))
+                                                              for h in heads) + " |")
+
     lines += ["", "## The paper's claims on this run", ""]
     mark = {True: "holds", False: "does NOT hold", None: "not tested"}
     for c in table.get("claims", []):
@@ -210,6 +220,17 @@ def render_table_md(table: Mapping[str, Any]) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"- [{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def summarize_head_independence(per_fold: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Mean +- std over folds of each head's accuracy and confidence when only its own light is given
+    (the CV's `head_independence` measure); None for methods without it."""
+    rows = [m["head_independence"] for m in per_fold if m.get("head_independence")]
+    if not rows:
+        return None
+    heads = list(dict.fromkeys(h for r in rows for h in r))
+    return {h: {k: mean_std([(r.get(h) or {}).get(k) for r in rows]) for k in ("accuracy", "confidence")}
+            for h in heads}
 
 
 def build_table(fold_metrics: Mapping[str, Sequence[Mapping[str, Any]]], *, backbone: str, img_size: int,
@@ -224,6 +245,9 @@ def build_table(fold_metrics: Mapping[str, Sequence[Mapping[str, Any]]], *, back
     for method, per_fold in fold_metrics.items():
         methods[method] = {"label": method_label(method), "summary": summarize_folds(list(per_fold)),
                            "folds": list(per_fold), "complexity": dict(complexity.get(method, {}))}
+        independence = summarize_head_independence(per_fold)
+        if independence:
+            methods[method]["head_independence"] = independence
     summaries = {m: row["summary"] for m, row in methods.items()}
     macs = {m: (row["complexity"].get("paper") or row["complexity"].get("run") or {}).get("macs")
             for m, row in methods.items()}
@@ -245,24 +269,19 @@ def table_complexity(methods: Sequence[str], backbone: str, img_size: int,
 
 # ---- the run ----------------------------------------------------------------------------------
 
-def _default_run_cv() -> Callable[..., Any]:
-    from wbc_edge.train.cv import run_cv
-
-    return run_cv
-
-
 def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] | None = None,
               run_cv: Callable[..., Any] | None = None, plots: bool = True,
-              dataset_name: str | None = None) -> dict[str, Any]:
+              dataset_name: str | None = None, resume: bool = True) -> dict[str, Any]:
     """Train (or reuse) every method, then write `table.md`, `table.json` and the plots.
 
-    `base_config` is a `TrainConfig`; each method runs with `base_config.replace(method=...)`.
-    `run_cv(dataset, config, run_dir)` is the cross-validation entry point (injectable for tests).
+    `base_config` is a `TrainConfig`; each method runs with `base_config.replace(method=...)` through
+    `wbc_edge.train.cv.run_cv` (cells loaded once for all methods), or through `run_cv(dataset, config,
+    run_dir)` when given (tests). `resume` lets a method an interrupted run left half-done continue.
     """
     run_dir = Path(run_dir)
-    run_cv = run_cv or _default_run_cv()
     methods = order_methods(methods or table_methods(dataset.modalities), dataset.modalities)
     folds = list(base_config.folds_to_run)
+    arrays = None
     per_method: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         done = finished_folds(run_dir, method, folds)
@@ -270,7 +289,15 @@ def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] 
             log.info("table: %s already finished in %s, reusing its %d folds", method, run_dir, len(done))
         else:
             log.info("table: training %s (%d folds)", method, len(folds))
-            run_cv(dataset, base_config.replace(method=method), run_dir)
+            config = base_config.replace(method=method)
+            if run_cv is not None:
+                run_cv(dataset, config, run_dir)
+            else:
+                from wbc_edge.train.cv import load_arrays, run_cv as cross_validate
+
+                if arrays is None:
+                    arrays = load_arrays(dataset, base_config.img_size)
+                cross_validate(dataset, config, run_dir, resume=resume, arrays=arrays)
             done = finished_folds(run_dir, method, folds)
             if done is None:
                 raise DataError(f"{run_dir}: method '{method}' finished without a metrics.json for every fold")
@@ -281,7 +308,7 @@ def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] 
                         folds=base_config.folds, classes=dataset.classes, complexity=cx,
                         dataset=dataset_name, epochs=base_config.epochs)
     if plots:
-        table["plots"] = write_table_plots(table, dataset, run_dir, folds)
+        table["plots"] = write_table_plots(table, dataset, run_dir, folds, arrays=arrays)
     atomic_write_text(run_dir / "table.json", json.dumps(table, indent=2, sort_keys=False, default=_json_default))
     atomic_write_text(run_dir / "table.md", render_table_md(table))
     log.info("table: wrote %s and %s", run_dir / "table.md", run_dir / "table.json")
@@ -297,7 +324,7 @@ def _json_default(value: Any) -> Any:
 
 
 def write_table_plots(table: Mapping[str, Any], dataset, run_dir: Path, folds: Sequence[int],
-                      figure4_cells: int = 256) -> list[str]:
+                      figure4_cells: int = 256, arrays=None) -> list[str]:
     """Confusion matrices (summed over folds), learning curves (first fold), the method comparison and
     Figure 4 for the MM-MIMO rows. Returns paths relative to `run_dir`. A plot that cannot be drawn is
     logged and skipped: the table matters more than a picture."""
@@ -324,7 +351,8 @@ def write_table_plots(table: Mapping[str, Any], dataset, run_dir: Path, folds: S
     for method in ("mimo-kd", "mimo"):
         if method in table["methods"]:
             try:
-                path = figure4(dataset, run_dir, folds[0], method, out / f"figure4-{method}.png", figure4_cells)
+                path = figure4(dataset, run_dir, folds[0], method, out / f"figure4-{method}.png", figure4_cells,
+                               arrays=arrays)
             except WbcError as e:
                 log.warning("Figure 4 for %s skipped: %s", method, e)
                 continue
@@ -333,8 +361,12 @@ def write_table_plots(table: Mapping[str, Any], dataset, run_dir: Path, folds: S
     return [str(p.relative_to(run_dir)) for p in written]
 
 
-def figure4(dataset, run_dir: Path, fold: int, method: str, out_png: Path, max_cells: int = 256) -> Path | None:
-    """Figure 4 for the released model of `method` in `fold`, on that fold's validation cells."""
+def figure4(dataset, run_dir: Path, fold: int, method: str, out_png: Path, max_cells: int = 256,
+            arrays=None) -> Path | None:
+    """Figure 4 for the released model of `method` in `fold`, on that fold's validation cells.
+
+    `arrays` (the CV's preloaded uint8 stack, all lights at the model's size) saves re-reading images.
+    """
     import torch
 
     from wbc_edge.preprocess import cell_to_input, normalise
@@ -349,12 +381,16 @@ def figure4(dataset, run_dir: Path, fold: int, method: str, out_png: Path, max_c
     model, spec, _ = load_model(model_path)
     model.eval()
     val_ids = json.loads(split_path.read_text(encoding="utf-8")).get("val", [])
-    index_of = {cid: i for i, cid in enumerate(dataset.cell_ids)}
+    cell_ids = arrays.cell_ids if arrays is not None else dataset.cell_ids
+    index_of = {cid: i for i, cid in enumerate(cell_ids)}
     indices = [index_of[c] for c in val_ids if c in index_of][:max_cells]
     if not indices:
         raise DataError(f"{split_path}: none of the validation cells are in the dataset")
-    cells = np.stack([cell_to_input(dataset.load(i), spec) for i in indices])
-    labels = dataset.labels[indices]
+    if arrays is not None and arrays.x.shape[1:] == spec.input_shape(1)[1:]:
+        cells = arrays.x[indices]
+    else:
+        cells = np.stack([cell_to_input(dataset.load(i), spec) for i in indices])
+    labels = np.asarray(dataset.labels)[indices]
 
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -368,39 +404,38 @@ def figure4(dataset, run_dir: Path, fold: int, method: str, out_png: Path, max_c
 
 # ---- CLIs -------------------------------------------------------------------------------------
 
-def add_table_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--data", required=True, help="four-light dataset folder or manifest CSV")
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone name (default %(default)s)")
-    parser.add_argument("--out", required=True, help="run directory (reused: finished methods are not retrained)")
-    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per fold (default: the training default)")
-    parser.add_argument("--img-size", type=int, default=None, help="input size in px (default: the training default)")
+def get_table_parser() -> argparse.ArgumentParser:
+    """wbc-train's training options (one definition, shared) plus the table's own."""
+    from wbc_edge.cli.train import get_args_parser
+
+    parser = argparse.ArgumentParser(
+        prog="wbc-train table", parents=[get_args_parser(add_help=False)], conflict_handler="resolve",
+        description="Run every method of the paper's Table 1 with cross-validation and write "
+                    "RUN/table.md, RUN/table.json and RUN/plots/. Finished methods are reused.")
     parser.add_argument("--methods", nargs="+", default=None,
-                        help="subset of single:<light> late early mimo early-kd mimo-kd (default: all)")
-    parser.add_argument("--batch-size", type=int, default=None, help="training batch size")
-    parser.add_argument("--seed", type=int, default=None, help="seed for folds and training")
-    parser.add_argument("--device", default=None, help="cpu or cuda[:N]")
+                        help="subset of single:<light> late early mimo early-kd mimo-kd (default: all, in "
+                             "dependency order)")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
     return parser
 
 
 def main_table(argv: Sequence[str] | None = None) -> int:
     """`wbc-train table`: every Table 1 method on one dataset, then table.md/table.json/plots."""
-    parser = add_table_arguments(argparse.ArgumentParser(
-        prog="wbc-train table", description="Run every method of the paper's Table 1 and write the table."))
-    args = parser.parse_args(argv)
+    args = get_table_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if not args.data or not args.out:
+            raise DataError("wbc-train table needs --data DIR and --out RUN_DIR")
+        from wbc_edge.cli.train import config_from_args
         from wbc_edge.data import open_dataset
-        from wbc_edge.train.config import TrainConfig
+        from wbc_edge.train.models import check_backbone
 
-        overrides = {"backbone": args.backbone, "folds": args.folds, "epochs": args.epochs,
-                     "img_size": args.img_size, "batch_size": args.batch_size, "seed": args.seed,
-                     "device": args.device}
-        config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
-        config.validate()
+        config = config_from_args(args)  # its --method is replaced by each table method in turn
+        check_backbone(config.backbone)
         dataset = open_dataset(args.data)
         table = run_table(dataset, config, args.out, methods=args.methods, plots=not args.no_plots,
-                          dataset_name=str(args.data))
+                          dataset_name=str(args.data), resume=args.resume)
     except WbcError as e:
         print(f"wbc-train table: {e}", file=sys.stderr)
         return 2
