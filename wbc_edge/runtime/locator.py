@@ -119,12 +119,11 @@ def locate_cells(
     if not mask.any():
         return []
 
-    n_lobes, lobe_labels, lobe_stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    body_labels, body_stats = None, None
+    _, lobe_labels = cv2.connectedComponents(mask, connectivity=8)
+    body = None
     if fluorescent.ndim == 3 and body_contrast > 0:
         glow = nuclear_signal(fluorescent, channel="red", background_px=background_px, blur_sigma=1.5)
         body = ((glow > body_contrast) | (mask > 0)).astype(np.uint8)
-        _, body_labels, body_stats, _ = cv2.connectedComponentsWithStats(body, connectivity=8)
     grow = max(1, int(round(merge_distance / 2)))
     merged = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
     n_cells, cell_labels = cv2.connectedComponents(merged, connectivity=8)
@@ -152,14 +151,18 @@ def locate_cells(
         cy = float((py * weight).sum() / weight.sum())
         nx0, ny0, nx1, ny1 = int(px.min()), int(py.min()), int(px.max()) + 1, int(py.max()) + 1
         body_area = 0
-        if body_labels is not None:
-            parts = np.unique(body_labels[py, px])
-            st = body_stats[parts]
+        if body is not None:
+            # the glow connected to this nucleus, looked for only around it (cheap, and a neighbour's
+            # glow cannot stretch the box beyond max_cell_margin)
+            wx0, wy0 = max(nx0 - max_cell_margin - 1, 0), max(ny0 - max_cell_margin - 1, 0)
+            wx1, wy1 = min(nx1 + max_cell_margin + 1, w), min(ny1 + max_cell_margin + 1, h)
+            _, labels, stats, _ = cv2.connectedComponentsWithStats(body[wy0:wy1, wx0:wx1], connectivity=8)
+            st = stats[np.unique(labels[py - wy0, px - wx0])]
             body_area = int(st[:, cv2.CC_STAT_AREA].sum())
-            x0 = max(int(st[:, 0].min()) - 1, nx0 - max_cell_margin)
-            y0 = max(int(st[:, 1].min()) - 1, ny0 - max_cell_margin)
-            x1 = min(int((st[:, 0] + st[:, 2]).max()) + 1, nx1 + max_cell_margin)
-            y1 = min(int((st[:, 1] + st[:, 3]).max()) + 1, ny1 + max_cell_margin)
+            x0 = max(wx0 + int(st[:, 0].min()) - 1, nx0 - max_cell_margin)
+            y0 = max(wy0 + int(st[:, 1].min()) - 1, ny0 - max_cell_margin)
+            x1 = min(wx0 + int((st[:, 0] + st[:, 2]).max()) + 1, nx1 + max_cell_margin)
+            y1 = min(wy0 + int((st[:, 1] + st[:, 3]).max()) + 1, ny1 + max_cell_margin)
         else:
             x0, y0, x1, y1 = nx0 - cell_margin, ny0 - cell_margin, nx1 + cell_margin, ny1 + cell_margin
         if area < min_area and body_area < min_body_area:
