@@ -3,6 +3,7 @@ its exported FP32 graph. Session-scoped: trained and exported once for every exp
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +81,24 @@ def val_data(dataset, split, spec):
     return _model_inputs(dataset, split["val"], spec)
 
 
+@contextmanager
+def torch_threads(n: int):
+    """One intra-op thread: on a busy 2-core machine more threads mostly spin (seen: 10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def trained_model(dataset, split, spec):
+    with torch_threads(1):
+        return _train(dataset, split, spec)
+
+
+def _train(dataset, split, spec):
     """A few quick epochs, every head on the same cell: better than random weights for INT8 checks."""
     from wbc_edge.preprocess import normalise
     from wbc_edge.train.models import create_model
@@ -93,14 +110,17 @@ def trained_model(dataset, split, spec):
     model = create_model(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
+    epochs, batch = 12, 16
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=epochs * -(-len(x) // batch))
     model.train()
-    for _ in range(12):
-        for batch in torch.randperm(len(x), generator=gen).split(16):
-            logits = model(x[batch])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, spec.num_classes), y[batch].repeat_interleave(spec.num_heads))
+    for _ in range(epochs):
+        for rows in torch.randperm(len(x), generator=gen).split(batch):
+            logits = model(x[rows])
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, spec.num_classes), y[rows].repeat_interleave(spec.num_heads))
             opt.zero_grad()
             loss.backward()
             opt.step()
+            schedule.step()
     return model.eval()
 
 
@@ -108,7 +128,8 @@ def trained_model(dataset, split, spec):
 def fp32_bytes(trained_model, spec):
     from wbc_edge.export.onnx_export import export_onnx_bytes
 
-    return export_onnx_bytes(trained_model, spec)
+    with torch_threads(1):
+        return export_onnx_bytes(trained_model, spec)
 
 
 @pytest.fixture(scope="session")
