@@ -3,16 +3,18 @@
 The camera cycles its lights in a configured order (default fluorescent, color1, color2, color3)
 and delivers one frame per light. The assembler works out which light lit each frame from the frame
 itself: fluorescence is dark-field (dark background, sparse bright nuclei), the bright-field lights
-are told apart by their background colour, learnt when the assembler locks onto the cycle. It
-locks on the first stretch of frames that holds one fluorescence frame, exactly the configured
-number of bright-field frames and the next fluorescence frame (or the end of the stream), so a
-dropped frame during lock-on can never teach it the wrong colours.
+are told apart by their background colour (chromaticity), learnt when the assembler locks onto the
+cycle. Lock-on takes the first run of bright frames that follows a fluorescence frame and holds
+exactly the configured number of bright lights (colours by position); while frames keep getting lost
+it clusters the bright frames by colour and orders the clusters by which comes first whenever two
+share a run of one field, provided every pair was seen together and never disagreed.
 
 Frames of two fields are never paired: a light that repeats or comes out of order starts a new set
-(with the configured order, every fluorescence frame starts one), and a bright-field frame whose
-red-cell structure does not match the set's other frames (or whose dark spots do not sit under the
-set's fluorescent nuclei) starts over. A duplicated frame (nearly identical to the previous one) is
-dropped. Light hints from the source are checked against appearance, never trusted blindly.
+(with the fluorescent light first, every fluorescence frame starts one), a frame captured a whole
+cycle after the set's last frame (by index or capture time) or before it (re-delivered) starts one,
+and a bright-field frame whose red-cell outlines do not match the set's other bright-field frames
+starts over. A duplicated frame (nearly identical to the previous one) is dropped. Light hints from
+the source are checked against appearance, never trusted blindly. See docs/runtime-frontend.md.
 """
 from __future__ import annotations
 
@@ -153,7 +155,7 @@ class LightCycleAssembler:
         dark_max_median: float = 70.0,
         duplicate_max_diff: float = 1.0,
         field_match_min: float = 0.2,
-        nuclei_match_min: float | None = None,
+        nuclei_match_min: float | None = None,  # experimental fluorescence-vs-bright check, see nuclei_contrast
         min_signature_separation: float = 1.5,
         max_pending: int | None = None,
         use_hints: bool = True,

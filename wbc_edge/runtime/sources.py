@@ -101,7 +101,9 @@ class FrameValidator:
             raw = np.clip(raw * scale, 0, 255).astype(np.uint8)
         elif raw.dtype == np.bool_ or (raw.dtype.kind in "iu" and raw.dtype not in (np.uint8, np.uint16)):
             raw = np.clip(raw, 0, 255).astype(np.uint8)
-        if rgb_order and raw.ndim == 3 and raw.shape[2] == 3:
+        if rgb_order and raw.ndim == 3 and raw.shape[2] == 3 and raw.dtype == np.uint8:
+            rgb = raw.copy()  # already what we keep; a copy so consumers may draw on it
+        elif rgb_order and raw.ndim == 3 and raw.shape[2] == 3:
             rgb = to_rgb_uint8(np.ascontiguousarray(raw[:, :, ::-1]), where)
         else:
             rgb = to_rgb_uint8(raw, where)
