@@ -142,3 +142,35 @@ def test_cli_frames_custom_order_and_bad_order(tmp_path, capsys):
     assert main(["frames", "--out", str(out), "--sets", "1", "--order", "fluorescent,uv", "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert "uv" in err and "\n" not in err
+
+
+def test_field_cells_and_training_crops_share_scale_and_neighbourhood():
+    """A CROP_PX window around a field cell looks like a render_cell crop: same nucleus area and red-cell cover."""
+    from wbc_edge.synth import CROP_PX, render_cell
+
+    half = CROP_PX // 2
+
+    def nucleus_area(fluo):  # bright green pixels (stained chromatin)
+        return int((fluo[..., 1].astype(int) > 80).sum())
+
+    def red_cover(c1):  # pixels clearly darker than the window's bright background in colour 1
+        g = c1[..., 1].astype(float)
+        return float((g < 0.88 * np.percentile(g, 95)).mean())
+
+    field_nuc, field_cover = [], []
+    cam = SyntheticCamera(seed=12)
+    for s in range(6):
+        images, truth = cam.render_set(s)
+        for cell in truth:
+            cx, cy = (int(round(v)) for v in cell.center)
+            if cell.label != "neutrophil" or not (half <= cx < 640 - half and half <= cy < 480 - half):
+                continue
+            win = np.s_[cy - half : cy + half, cx - half : cx + half]
+            field_nuc.append(nucleus_area(images["fluorescent"][win]))
+            field_cover.append(red_cover(images["color1"][win]))
+    assert len(field_nuc) >= 8
+    crops = [render_cell("neutrophil", np.random.default_rng([12, i])) for i in range(30)]
+    crop_nuc = [nucleus_area(c["fluorescent"]) for c in crops]
+    crop_cover = [red_cover(c["color1"]) for c in crops]
+    assert abs(np.mean(field_nuc) - np.mean(crop_nuc)) < 0.25 * np.mean(crop_nuc)
+    assert abs(np.mean(field_cover) - np.mean(crop_cover)) < 0.25 * np.mean(crop_cover)
