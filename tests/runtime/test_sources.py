@@ -12,7 +12,7 @@ import pytest
 
 from wbc_edge.data.images import write_image
 from wbc_edge.errors import SourceError
-from wbc_edge.runtime.sources import FrameValidator, light_from_name, open_source
+from wbc_edge.runtime.sources import FrameValidator, backoff_delays, light_from_name, open_source
 from wbc_edge.synth.frames import SyntheticCamera, write_frames
 
 W, H = 96, 72
@@ -175,6 +175,11 @@ def test_live_camera_reconnects_with_backoff_then_gives_up():
     assert all(cap.released for _, _, cap in made)
     assert 1 <= len(frames) <= 9
     assert [f.index for f in frames] == sorted({f.index for f in frames})
+
+
+def test_backoff_doubles_up_to_its_cap():
+    assert backoff_delays(0.5, 8.0, 7) == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert backoff_delays(1.0, 8.0, 0) == []
 
 
 def test_live_camera_keeps_only_the_newest_frame():

@@ -284,6 +284,11 @@ class ImageFolderSource(FrameSource):
                 return frame
 
 
+def backoff_delays(initial: float, maximum: float, tries: int) -> list[float]:
+    """Seconds to wait before each reconnect try: doubling from `initial`, capped at `maximum`."""
+    return [min(initial * 2**k, maximum) for k in range(max(tries, 0))]
+
+
 def _has_gstreamer() -> bool:
     info = cv2.getBuildInformation()
     match = re.search(r"GStreamer:\s*(\w+)", info)
@@ -416,8 +421,8 @@ class CaptureSource(FrameSource):
         if self._cap is not None:
             self._cap.release()
             self._cap = None
-        delay = self.backoff_initial
-        for attempt in range(1, self.max_reconnects + 1):
+        delays = backoff_delays(self.backoff_initial, self.backoff_max, self.max_reconnects)
+        for attempt, delay in enumerate(delays, start=1):
             if self._stop.wait(delay):
                 return False
             self.stats.reconnect_attempts += 1
@@ -426,8 +431,7 @@ class CaptureSource(FrameSource):
                 self.stats.reconnects += 1
                 log.warning("%s: reconnected after %d attempt(s)", self.uri, attempt)
                 return True
-            log.info("%s: reconnect attempt %d/%d failed; next in %.2fs", self.uri, attempt, self.max_reconnects, min(delay * 2, self.backoff_max))
-            delay = min(delay * 2, self.backoff_max)
+            log.info("%s: reconnect attempt %d/%d failed", self.uri, attempt, self.max_reconnects)
         log.error("%s: camera lost after %d reconnect attempts; stream ended", self.uri, self.max_reconnects)
         return False
 
