@@ -174,3 +174,11 @@ def test_field_cells_and_training_crops_share_scale_and_neighbourhood():
     crop_cover = [red_cover(c["color1"]) for c in crops]
     assert abs(np.mean(field_nuc) - np.mean(crop_nuc)) < 0.25 * np.mean(crop_nuc)
     assert abs(np.mean(field_cover) - np.mean(crop_cover)) < 0.25 * np.mean(crop_cover)
+
+
+def test_rewriting_fewer_sets_leaves_no_stale_frames(tmp_path):
+    out = tmp_path / "f"
+    write_frames(out, sets=2, seed=1, width=96, height=96, video=False)
+    write_frames(out, sets=1, seed=1, width=96, height=96, video=False)
+    assert sorted(p.name for p in (out / "frames").glob("*.png")) == [f"{i:06d}.png" for i in range(4)]
+    assert len((out / "truth.jsonl").read_text().splitlines()) == 1

@@ -87,6 +87,8 @@ def render_field(rng: np.random.Generator, width: int = 640, height: int = 480, 
     classes = [c for c in CLASSES if mix.get(c, 0) > 0]
     p = np.array([mix[c] for c in classes], float)
     p /= p.sum()
+    if not 0 <= n_wbc[0] <= n_wbc[1]:
+        raise DataError(f"n_wbc {tuple(n_wbc)}: need 0 <= min <= max white cells per field")
     n = int(rng.integers(n_wbc[0], n_wbc[1] + 1))
     placed: list[tuple[float, float, float]] = []
     cells = []
@@ -246,6 +248,14 @@ def count_video_frames(path: str | os.PathLike) -> int:
     return n
 
 
+def _remove_stale_frames(folder: Path, n_frames: int) -> None:
+    """Frames of an earlier, longer run in the same folder would be read as part of this one."""
+    for path in folder.glob("*.png"):
+        if len(path.stem) == 6 and path.stem.isdigit() and int(path.stem) >= n_frames:
+            path.unlink()
+            log.info("removed stale frame %s from an earlier run", path)
+
+
 def write_frames(out: str | os.PathLike, sets: int, seed: int, light_order: Sequence[str] = LIGHTS, width: int = 640,
                  height: int = 480, video: bool = True, fps: float = 30.0, progress: bool = False) -> Path:
     """Write `sets` four-light fields as single-light frames in capture order.
@@ -277,10 +287,15 @@ def write_frames(out: str | os.PathLike, sets: int, seed: int, light_order: Sequ
             if writer is not None:
                 writer.write(cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
             set_frames.setdefault(frame.set_index, []).append(frame.index)
-    finally:
+    except BaseException:
         if writer is not None:
             writer.release()
+            tmp_video.unlink(missing_ok=True)
+        raise
+    if writer is not None:
+        writer.release()
     n_frames = sum(len(v) for v in set_frames.values())
+    _remove_stale_frames(out / "frames", n_frames)
     if writer is not None:
         read_back = count_video_frames(tmp_video)
         if read_back != n_frames:
