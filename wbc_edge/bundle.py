@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
@@ -130,7 +131,7 @@ class Bundle:
                     if sha256_bytes(data) != entry.get("sha256"):
                         raise BundleError(f"{where}: member '{name}' fails its SHA-256 check (tampered or corrupt)")
                     members[name] = data
-        except zipfile.BadZipFile as e:
+        except (zipfile.BadZipFile, zlib.error) as e:  # zlib.error: flipped bytes inside a deflated member
             raise BundleError(f"{where}: not a readable zip ({e}; truncated or corrupt?)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleError(f"{where}: {MANIFEST} is not valid JSON ({e})") from None

@@ -92,6 +92,12 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def trained_model(dataset, split, spec):
     with torch_threads(1):

@@ -1,0 +1,111 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from wbc_edge.bundle import Bundle
+from wbc_edge.cli import calib as calib_cli
+from wbc_edge.cli import export as export_cli
+from wbc_edge.errors import BundleError
+
+
+@pytest.fixture(scope="module")
+def good_bundle(run_dir, tmp_path_factory, split):
+    """wbc-calib select, then wbc-export with every precision from that calibration set."""
+    out = tmp_path_factory.mktemp("bundle")
+    assert calib_cli.main(["select", "--run", str(run_dir), "--fold", "0", "--size", "48", "--out", str(out / "calib")]) == 0
+    rc = export_cli.main(["--run", str(run_dir), "--out", str(out / "model.wbc"), "--int8", "--fp16",
+                          "--calib", str(out / "calib"), "--cache-dir", str(out / "cache"), "--max-drop", "100"])
+    assert rc == 0
+    return out / "model.wbc"
+
+
+def test_export_writes_a_verified_bundle_with_every_precision(good_bundle, split, spec, capsys):
+    bundle = Bundle.open(good_bundle)
+    assert bundle.spec == spec
+    assert set(bundle.precisions) == {"fp32", "fp16", "int8-trt", "int8-cpu"}
+    parity = bundle.read_json("parity.json")
+    assert parity["max_abs_diff_probs"] < 1e-4 and parity["argmax_agreement"] == 1.0
+    calib = bundle.read_json("calibration.json")
+    assert len(calib["cell_ids"]) == 48 and set(calib["cell_ids"]) <= set(split["train"])
+    assert calib["int8"]["int8-trt"]["tensorrt_qdq_violations"] == []
+    accuracy = bundle.read_json("accuracy.json")
+    assert accuracy["n_cells"] == len(split["val"])
+    for precision in bundle.precisions:
+        row = accuracy["precisions"][precision]
+        assert row["passed"] is True and "agreement_with_fp32" in row and set(row["per_class_recall"]) == set(spec.classes)
+
+
+def test_strict_gate_fails_and_leaves_the_good_bundle_untouched(good_bundle, run_dir, tmp_path, capsys):
+    target = tmp_path / "model.wbc"
+    shutil.copy(good_bundle, target)
+    before = target.read_bytes()
+    rc = export_cli.main(["--run", str(run_dir), "--out", str(target), "--int8", "--int8-variant", "trt", "--calib-size", "32",
+                          "--max-drop", "-1", "--no-fallback", "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert len(err.splitlines()) == 1 and "accuracy gate: int8-trt" in err and "no bundle written" in err
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "model.wbc"]  # no temp or partial files
+
+
+def test_corrupted_bundles_are_rejected(good_bundle, tmp_path, capsys, dataset_dir):
+    data = bytearray(good_bundle.read_bytes())
+    flipped = tmp_path / "flipped.wbc"
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    flipped.write_bytes(bytes(data))
+    truncated = tmp_path / "truncated.wbc"
+    truncated.write_bytes(good_bundle.read_bytes()[: len(data) * 2 // 3])
+    for bad in (flipped, truncated):
+        with pytest.raises(BundleError):
+            Bundle.open(bad)
+        assert export_cli.main(["compare", "--bundle", str(bad), "--data", str(dataset_dir)]) == 2
+        assert "wbc-export compare: bundle" in capsys.readouterr().err
+
+
+def test_compare_reports_every_precision_of_a_bundle(good_bundle, dataset_dir, tmp_path, capsys):
+    rc = export_cli.main(["compare", "--bundle", str(good_bundle), "--data", str(dataset_dir), "--max-drop", "100",
+                          "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["precisions"]) == {"fp32", "fp16", "int8-trt", "int8-cpu"}
+    assert all(p in out for p in report["precisions"])
+
+
+def test_user_mistakes_are_one_line_errors(run_dir, tmp_path, capsys):
+    checkpoint = run_dir / "folds" / "fold0" / "mimo-kd" / "model.pt"
+    lone = tmp_path / "lone" / "x" / "model.pt"
+    lone.parent.mkdir(parents=True)
+    shutil.copy(checkpoint, lone)
+    assert export_cli.main(["--checkpoint", str(lone), "--out", str(tmp_path / "m.wbc"), "--int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "split.json" in err
+    assert export_cli.main(["--run", str(run_dir), "--fold", "3", "--out", str(tmp_path / "m.wbc")]) == 2
+    assert "fold3" in capsys.readouterr().err
+    assert export_cli.main(["--run", str(run_dir), "--out", str(tmp_path / "m.wbc"), "--int8", "--int8-variant", "gpu"]) == 2
+    assert not (tmp_path / "m.wbc").exists()
+
+
+def test_fallback_keeps_sensitive_layers_in_float(fp32_bytes, spec, val_data, dataset, split, monkeypatch):
+    from wbc_edge.calibration import select_calibration_set
+    from wbc_edge.export import pipeline
+    from wbc_edge.export.pipeline import ExportOptions, quantize_with_fallback
+    from wbc_edge.export.quantize import Quantizer, first_and_last_compute_nodes
+
+    monkeypatch.setattr(pipeline, "FALLBACK_STEPS", (3,))
+    fp32 = fp32_bytes
+    calib = select_calibration_set(dataset, split["train"], spec, size=32)
+    inputs, labels = val_data
+    messages = []
+    with Quantizer(fp32, calib) as q:
+        # An impossible goal walks the whole fallback plan, keeping ever more layers in float.
+        _, record = quantize_with_fallback(q, "trt", fp32, spec, inputs, labels, ExportOptions(out=None, max_drop=-100), messages.append)
+        first_last = first_and_last_compute_nodes(q.model)
+    kept = [a["kept_float"] for a in record["attempts"]]
+    assert kept[0] == [] and set(first_last) <= set(kept[1])
+    assert all(set(a) < set(b) for a, b in zip(kept, kept[1:]))
+    assert record["kept_float"] == kept[-1] and len(messages) == len(kept) - 1
+    assert all(np.isfinite(a["weighted_f1_drop"]) for a in record["attempts"])

@@ -1,0 +1,95 @@
+"""wbc-calib: make an INT8 calibration set, from a run's training split or from device frames.
+
+  wbc-calib select --run RUN [--fold 0] [--method mimo-kd] --size 256 --out DIR
+  wbc-calib capture --source URI --sets N --bundle model.wbc --out DIR
+
+The folder holds inputs.npz (uint8 model inputs) and calibration.json (cell ids, class counts,
+SHA-256 of the tensors); give it to `wbc-export --calib DIR`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from wbc_edge.errors import DataError, WbcError
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("wbc-calib", description=__doc__, add_help=add_help,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("select", help="stratified sample of a fold's training cells")
+    s.add_argument("--run", type=Path, required=True, help="training run directory")
+    s.add_argument("--fold", type=int, default=0)
+    s.add_argument("--method", default="mimo-kd", help="method whose spec (lights, input size) the inputs follow")
+    s.add_argument("--size", type=int, default=256, help="cells to select (default: %(default)s; 300+ recommended)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("capture", help="cells located in frames captured on the device")
+    c.add_argument("--source", required=True, help="frame source URI (/dev/video0, csi://0, a folder, synthetic://)")
+    c.add_argument("--sets", type=int, default=100, help="four-light sets to read (default: %(default)s)")
+    c.add_argument("--bundle", type=Path, required=True, help="bundle whose spec (lights, input size) the inputs follow")
+    c.add_argument("--max-cells", type=int, default=512)
+    c.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def spec_of_run(run: Path, fold: int, method: str):
+    """The spec stored in the run's checkpoint, read without torch when the run wrote spec.json."""
+    from wbc_edge.spec import ModelSpec
+
+    method_dir = Path(run) / "folds" / f"fold{fold}" / method
+    spec_json = method_dir / "spec.json"
+    if spec_json.is_file():
+        return ModelSpec.from_json(spec_json.read_text())
+    checkpoint = method_dir / "model.pt"
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: no such checkpoint (run {run}, fold {fold}, method {method})")
+    from wbc_edge.train.checkpoint import load_payload
+
+    return ModelSpec.from_dict(load_payload(checkpoint)["spec"])
+
+
+def select_main(a: argparse.Namespace) -> int:
+    from wbc_edge.calibration import select_calibration_set
+    from wbc_edge.data import open_dataset
+
+    spec = spec_of_run(a.run, a.fold, a.method)
+    split_path = Path(a.run) / "folds" / f"fold{a.fold}" / "split.json"
+    try:
+        split = json.loads(split_path.read_text())
+        dataset_path, train_ids = split["dataset"], split["train"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise DataError(f"{split_path}: unusable split ({type(e).__name__}: {e})") from None
+    calib = select_calibration_set(open_dataset(dataset_path, classes=spec.classes), train_ids, spec, a.size, a.seed)
+    calib.save(a.out)
+    print(f"wbc-calib: {len(calib)} training cells {calib.class_counts()} -> {a.out} (sha256 {calib.content_hash[:12]})")
+    return 0
+
+
+def capture_main(a: argparse.Namespace) -> int:
+    from wbc_edge.bundle import Bundle
+    from wbc_edge.calibration.capture import capture_calibration_set
+
+    spec = Bundle.open(a.bundle).spec
+    calib = capture_calibration_set(a.source, a.sets, spec, max_cells=a.max_cells)
+    calib.save(a.out)
+    print(f"wbc-calib: {len(calib)} cells from {calib.source.get('sets_read')} sets of {a.source} -> {a.out} (sha256 {calib.content_hash[:12]})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    try:
+        return select_main(a) if a.command == "select" else capture_main(a)
+    except WbcError as e:
+        print(f"wbc-calib {a.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""wbc-export: a trained checkpoint -> a verified bundle (ONNX FP32, INT8 Q/DQ, FP16) behind an accuracy gate.
+
+  wbc-export --run RUN [--method mimo-kd] [--fold 0] --out model.wbc --int8 [--fp16]
+  wbc-export --checkpoint model.pt --out model.wbc --int8 --gate-data DIR --calib DIR
+  wbc-export compare --bundle model.wbc --data DIR
+
+Exits 1 when a precision loses more than --max-drop weighted-F1 points (nothing is written), 2 on a
+usage or input error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from wbc_edge.errors import AccuracyGateError, WbcError
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("wbc-export", description=__doc__, add_help=add_help,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="training run directory (RUN/folds/fold<k>/<method>/model.pt)")
+    src.add_argument("--checkpoint", type=Path, help="a release model.pt (split.json two folders up is used when present)")
+    p.add_argument("--method", default="mimo-kd", help="method folder inside the run (default: %(default)s)")
+    p.add_argument("--fold", type=int, default=0, help="fold inside the run (default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="bundle to write (.wbc)")
+    p.add_argument("--int8", action="store_true", help="add static INT8 (explicit Q/DQ) graphs")
+    p.add_argument("--int8-variant", default="trt,cpu", help="Q/DQ variants: trt (symmetric int8) and/or cpu (uint8 activations) (default: %(default)s)")
+    p.add_argument("--fp16", action="store_true", help="add an FP16 graph with FP32 I/O (TensorRT 11 strongly typed FP16)")
+    calib = p.add_mutually_exclusive_group()
+    calib.add_argument("--calib", type=Path, help="calibration set folder from wbc-calib (default: select from the fold's training split)")
+    calib.add_argument("--calib-size", type=int, default=256, help="cells to select from the training split (default: %(default)s)")
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed weighted-F1 drop vs FP32, in points (default: %(default)s)")
+    p.add_argument("--gate-data", type=Path, help="held-out dataset for the gate (default: the fold's validation split)")
+    p.add_argument("--keep-float", default="", help="comma-separated node names to leave unquantized")
+    p.add_argument("--no-fallback", action="store_true", help="do not keep sensitive layers in float automatically when the gate fails")
+    p.add_argument("--engine", default="", help="also build TensorRT engines for this host: fp16,int8 (needs TensorRT and a CUDA GPU)")
+    p.add_argument("--via", default="onnx", choices=["onnx", "torch-tensorrt"], help="how engines are built (default: %(default)s)")
+    p.add_argument("--cache-dir", type=Path, help="calibration-range cache (default: .wbc-calib-cache beside --out)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("-q", "--quiet", action="store_true", help="only the gate table and errors")
+    return p
+
+
+def get_compare_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("wbc-export compare", description="Accuracy of every precision in a bundle vs its FP32 graph.", add_help=add_help)
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="labelled dataset to evaluate on")
+    p.add_argument("--max-drop", type=float, default=1.0)
+    p.add_argument("--json", type=Path, help="also write the report here")
+    return p
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    for noisy in ("onnxruntime", "root"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def compare_main(argv: list[str]) -> int:
+    a = get_compare_parser().parse_args(argv)
+    from wbc_edge.bundle import atomic_write_text
+    from wbc_edge.export.gate import format_table
+    from wbc_edge.export.pipeline import compare_bundle
+
+    try:
+        report = compare_bundle(a.bundle, a.data, a.max_drop)
+        if a.json:
+            atomic_write_text(a.json, json.dumps(report, indent=2))
+    except WbcError as e:
+        print(f"wbc-export compare: {e}", file=sys.stderr)
+        return 2
+    from wbc_edge.bundle import Bundle
+
+    print(format_table(report, Bundle.open(a.bundle).spec.classes))
+    failed = [p for p, r in report["precisions"].items() if r.get("passed") is False]
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
+    a = get_args_parser().parse_args(argv)
+    _setup_logging(a.quiet)
+    from wbc_edge.export.pipeline import INT8_VARIANTS, ExportOptions, checkpoint_in_run, export_bundle, load_source, parse_list
+
+    emit = logging.getLogger("wbc_edge.export").info
+    try:
+        engines: tuple[str, ...] = ()
+        if a.engine:
+            from wbc_edge.export.tensorrt import parse_engine_list
+
+            engines = tuple(parse_engine_list(a.engine))
+        options = ExportOptions(
+            out=a.out, int8=a.int8, int8_variants=parse_list(a.int8_variant, INT8_VARIANTS, "--int8-variant"), fp16=a.fp16,
+            calib_dir=a.calib, calib_size=a.calib_size, calib_method=a.calib_method, max_drop=a.max_drop,
+            gate_data=a.gate_data, keep_float=parse_list(a.keep_float), auto_fallback=not a.no_fallback,
+            engines=engines, via=a.via, cache_dir=a.cache_dir, opset=a.opset,
+        )
+        checkpoint = a.checkpoint if a.checkpoint is not None else checkpoint_in_run(a.run, a.method, a.fold)
+        result = export_bundle(load_source(checkpoint), options, emit)
+    except AccuracyGateError as e:
+        print(f"wbc-export: {e}; no bundle written", file=sys.stderr)
+        return 1
+    except WbcError as e:
+        print(f"wbc-export: {e}", file=sys.stderr)
+        return 2
+    print(f"wbc-export: wrote {result.bundle} ({', '.join(sorted(json.loads(json.dumps(result.accuracy.get('precisions', {'fp32': 0}))).keys()))})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
