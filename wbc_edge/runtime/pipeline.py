@@ -11,6 +11,7 @@ lets everything already read drain through to the results file, so nothing compu
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import queue
@@ -65,11 +66,42 @@ class _RunState:
     error: BaseException | None = None
     frames_dropped: int = 0
     frames_rejected: int = 0
+    source_validates: bool = True  # a FrameSource already converted and flagged its frames
     sets_skipped: int = 0
     cells_discarded: int = 0
     source_error: str = ""
     flag_counts: dict[str, int] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
+
+
+def _validates_frames(source: Any) -> bool:
+    from wbc_edge.runtime.sources import FrameSource
+
+    return isinstance(source, FrameSource)
+
+
+def _frame_validator() -> Any:
+    from wbc_edge.runtime.sources import FrameValidator
+
+    return FrameValidator()
+
+
+def _checked_frame(frame: Any, validator: Any) -> Any:
+    """Frames from a caller's own source (embedding API) get the checks a FrameSource does: converted
+    to RGB uint8 (NaN/inf zeroed) and flagged black/saturated/non_finite/...; DataError if unusable.
+    Frames from a FrameSource are converted only if they somehow are not RGB uint8 HxWx3."""
+    image = getattr(frame, "image", None)
+    is_rgb8 = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    if validator is None and is_rgb8:
+        return frame
+    where = f"frame {getattr(frame, 'index', '?')}"
+    rgb, flags = (validator or _frame_validator()).check(image, where, rgb_order=True)
+    if "size_mismatch" in flags:  # cannot share a set (or a crop window) with the other lights' frames
+        raise DataError(f"{where}: size {rgb.shape[1]}x{rgb.shape[0]} differs from the stream's first frame")
+    checked = copy.copy(frame)
+    checked.image = rgb
+    checked.flags = frozenset(getattr(frame, "flags", None) or ()) | flags
+    return checked
 
 
 def _box_tuple(box: Any) -> tuple[int, int, int, int]:
@@ -309,6 +341,7 @@ class Analyzer:
         self.differential = Differential(self.spec.classes)
         self.gallery = {}
         state = _RunState()
+        state.source_validates = _validates_frames(source)
         try:
             if isinstance(sink, (str, os.PathLike)):
                 writer, own_writer = ResultWriter(sink, header=self._header(source_name)), True
@@ -396,6 +429,7 @@ class Analyzer:
 
     def _prepare_stage(self, frames_q: queue.Queue, work_q: queue.Queue, state: _RunState) -> None:
         assembler = self._new_assembler()
+        validator = None if state.source_validates else _frame_validator()
         while not self._abort.is_set():
             try:
                 frame = frames_q.get(timeout=_POLL_S)
@@ -403,6 +437,8 @@ class Analyzer:
                 continue
             ended = frame is _END
             try:
+                if not ended:
+                    frame = _checked_frame(frame, validator)
                 with self.stats.time("assemble"):
                     sets = assembler.flush() if ended else assembler.push(frame)
             except WbcError as e:  # a corrupt frame is reported and skipped; the run goes on

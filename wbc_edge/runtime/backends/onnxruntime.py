@@ -72,7 +72,22 @@ class OnnxRuntimeRunner(Runner):
         missing = [n for n in self._outputs if n not in names]
         if missing:
             raise BundleError(f"{self.name}: model has no output {missing[0]!r} (outputs: {sorted(names)})")
+        self._check_model_matches_spec()
         log.debug("%s: session on %s", self.name, self._session.get_providers())
+
+    def _check_model_matches_spec(self) -> None:
+        """A graph whose input or class count differs from spec.json is refused here, not mid-run."""
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        for name, (_dtype, shape) in self.input_metadata().items():
+            if name not in inputs:
+                raise BundleError(f"{self.name}: model input is {sorted(inputs)}, spec.json says {name!r}")
+            dims = list(inputs[name].shape)
+            if len(dims) != len(shape) or any(isinstance(d, int) and s is not None and d != s for d, s in zip(dims, shape)):
+                raise BundleError(f"{self.name}: model input {name!r} has shape {dims}, spec.json says {list(shape)}")
+        for out in self._session.get_outputs():
+            last = out.shape[-1] if out.shape else None
+            if out.name in self._outputs and isinstance(last, int) and last != self.spec.num_classes:
+                raise BundleError(f"{self.name}: model output {out.name!r} has {last} classes, spec.json lists {self.spec.num_classes}")
 
     def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self._outputs, dict(feed))
