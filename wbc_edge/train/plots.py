@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from wbc_edge.bundle import atomic_write_bytes  # noqa: E402
@@ -64,26 +65,33 @@ def _read_history(history_csv: str | Path) -> dict[str, list[float]]:
     return columns
 
 
+SCORE_HINTS = ("acc", "f1", "auc", "recall", "precision", "specificity", "sensitivity")
+NOT_PLOTTED = {"epoch", "step", "lr", "time", "seconds", "wall_s"}
+
+
 def plot_learning_curves(history_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
-    """Loss columns (any name containing 'loss') on the left, the other numeric columns on the right.
+    """Losses on the left (every numeric column that is not a score), scores (accuracy, F1, ...) right.
 
     The x axis is the `epoch` column when there is one, else the row number.
     """
     columns = _read_history(history_csv)
-    x_name = "epoch" if "epoch" in columns else None
-    x = columns.pop("epoch") if x_name else list(range(1, len(next(iter(columns.values()))) + 1))
-    skip = {"step", "lr_step", "time", "seconds", "wall_s"}
-    loss_cols = [c for c in columns if "loss" in c.lower()]
-    other_cols = [c for c in columns if c not in loss_cols and c.lower() not in skip and c.lower() != "lr"]
+    n_rows = len(next(iter(columns.values())))
+    x = columns["epoch"] if "epoch" in columns else list(range(1, n_rows + 1))
+    plotted = [c for c in columns if c.lower() not in NOT_PLOTTED]
+    score_cols = [c for c in plotted if any(h in c.lower() for h in SCORE_HINTS)]
+    loss_cols = [c for c in plotted if c not in score_cols]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for c in loss_cols:
         axes[0].plot(x, columns[c], marker="o", ms=3, label=c)
-    axes[0].set(title="Loss", xlabel="epoch", ylabel="loss")
-    for c in other_cols:
+    axes[0].set(title="Losses", xlabel="epoch", ylabel="loss")
+    for c in score_cols:
         axes[1].plot(x, columns[c], marker="o", ms=3, label=c)
-    axes[1].set(title="Validation metrics", xlabel="epoch", ylabel="score")
+    axes[1].set(title="Scores", xlabel="epoch", ylabel="score")
+    if all(0.0 <= v <= 1.0 for c in score_cols for v in columns[c] if not math.isnan(v)):
+        axes[1].set_ylim(0.0, 1.02)
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title or f"Learning curves ({Path(history_csv).parent.name})")
