@@ -125,10 +125,12 @@ def test_write_frames_files_truth_meta_and_video(frames_dir):
 
 
 def test_write_frames_same_seed_same_bytes(frames_dir, tmp_path):
-    again = write_frames(tmp_path / "b", sets=3, seed=9, width=256, height=192, video=False)
-    for name in ["truth.jsonl", *(f"frames/{i:06d}.png" for i in range(12))]:
+    again = write_frames(tmp_path / "b", sets=3, seed=9, width=256, height=192)
+    for name in ["truth.jsonl", "meta.json", "video.avi", *(f"frames/{i:06d}.png" for i in range(12))]:
         assert (frames_dir / name).read_bytes() == (again / name).read_bytes()
-    assert not (again / "video.avi").exists()
+    no_video = write_frames(tmp_path / "c", sets=1, seed=9, width=256, height=192, video=False)
+    assert not (no_video / "video.avi").exists()
+    assert (no_video / "frames/000000.png").read_bytes() == (frames_dir / "frames/000000.png").read_bytes()
 
 
 def test_cli_frames_custom_order_and_bad_order(tmp_path, capsys):
