@@ -109,3 +109,16 @@ def test_fallback_keeps_sensitive_layers_in_float(fp32_bytes, spec, val_data, da
     assert all(set(a) < set(b) for a, b in zip(kept, kept[1:]))
     assert record["kept_float"] == kept[-1] and len(messages) == len(kept) - 1
     assert all(np.isfinite(a["weighted_f1_drop"]) for a in record["attempts"])
+
+
+def test_calib_capture_cli_writes_a_set_for_the_bundle(good_bundle, tmp_path, capsys):
+    rc = calib_cli.main(["capture", "--source", "synthetic://?seed=5", "--sets", "2", "--bundle", str(good_bundle),
+                         "--crop-px", "48", "--out", str(tmp_path / "cap")])
+    assert rc == 0
+    from wbc_edge.calibration import CalibrationSet
+
+    calib = CalibrationSet.load(tmp_path / "cap")
+    calib.check_spec(Bundle.open(good_bundle).spec)
+    assert calib.source["sets_read"] == 2 and len(calib) > 0
+    assert calib_cli.main(["capture", "--source", "/no/such/folder", "--sets", "2", "--bundle", str(good_bundle), "--out", str(tmp_path / "x")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

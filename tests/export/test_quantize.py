@@ -18,9 +18,14 @@ def calib(dataset, split, spec):
 
 
 @pytest.fixture(scope="module")
-def int8(fp32_bytes, calib, tmp_path_factory):
-    with Quantizer(fp32_bytes, calib, cache_dir=tmp_path_factory.mktemp("ranges")) as q:
-        return {v: q.quantize(v) for v in ("trt", "cpu")}
+def quantizer(fp32_bytes, calib):
+    with Quantizer(fp32_bytes, calib) as q:
+        yield q
+
+
+@pytest.fixture(scope="module")
+def int8(quantizer):
+    return {v: quantizer.quantize(v) for v in ("trt", "cpu")}
 
 
 def test_trt_variant_follows_tensorrt_qdq_rules(int8):
@@ -85,11 +90,11 @@ def test_activation_ranges_are_reused_only_for_the_same_model(fp32_bytes, calib,
     assert "stale (model_sha256 changed)" in caplog.text
 
 
-def test_kept_float_nodes_stay_unquantized(fp32_bytes, calib, spec, val_data):
-    with Quantizer(fp32_bytes, calib) as q:
-        first_conv = compute_nodes(q.model)[0]
-        result = q.quantize("trt", [first_conv])
-        ranked = layer_sensitivity(fp32_bytes, q.quantize("trt").onnx_bytes, val_data[0][:16], spec.input_name)
+def test_kept_float_nodes_stay_unquantized(fp32_bytes, quantizer, int8, spec, val_data):
+    q = quantizer
+    first_conv = compute_nodes(q.model)[0]
+    result = q.quantize("trt", [first_conv])
+    ranked = layer_sensitivity(fp32_bytes, int8["trt"].onnx_bytes, val_data[0][:16], spec.input_name)
     assert result.kept_float == [first_conv]
     model = onnx.load_from_string(result.onnx_bytes)
     node = next(n for n in model.graph.node if n.name == first_conv)

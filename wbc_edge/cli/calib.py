@@ -32,7 +32,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     c.add_argument("--source", required=True, help="frame source URI (/dev/video0, csi://0, a folder, synthetic://)")
     c.add_argument("--sets", type=int, default=100, help="four-light sets to read (default: %(default)s)")
     c.add_argument("--bundle", type=Path, required=True, help="bundle whose spec (lights, input size) the inputs follow")
-    c.add_argument("--max-cells", type=int, default=512)
+    c.add_argument("--max-cells", type=int, default=512, help="keep at most this many cells (default: %(default)s)")
+    c.add_argument("--crop-px", type=int, help="window cut around each cell (default: the runtime's for this bundle)")
     c.add_argument("--out", type=Path, required=True)
     return p
 
@@ -72,10 +73,11 @@ def select_main(a: argparse.Namespace) -> int:
 
 def capture_main(a: argparse.Namespace) -> int:
     from wbc_edge.bundle import Bundle
-    from wbc_edge.calibration.capture import capture_calibration_set
+    from wbc_edge.calibration.capture import capture_calibration_set, default_crop_px
 
-    spec = Bundle.open(a.bundle).spec
-    calib = capture_calibration_set(a.source, a.sets, spec, max_cells=a.max_cells)
+    bundle = Bundle.open(a.bundle)
+    crop = a.crop_px or default_crop_px(bundle, bundle.spec)
+    calib = capture_calibration_set(a.source, a.sets, bundle.spec, max_cells=a.max_cells, crop_px=crop)
     calib.save(a.out)
     print(f"wbc-calib: {len(calib)} cells from {calib.source.get('sets_read')} sets of {a.source} -> {a.out} (sha256 {calib.content_hash[:12]})")
     return 0
