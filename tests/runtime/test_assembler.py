@@ -123,6 +123,26 @@ def test_lost_fluorescence_frame_does_not_join_two_fields(pool, field_match_min)
     assert "field_mismatch" in sets[2].flags
 
 
+def test_relocks_when_the_lamps_change_colour(pool):
+    """After three fields the bright-field lamps change colour (a new lamp, a white-balance change):
+    the learnt colours no longer fit, the assembler drops its lock and learns the new ones."""
+    tint = np.array([0.75, 1.0, 1.3])
+    frames = []
+    for field in range(N_FIELDS):
+        for light in ORDER:
+            image = pool[field][light]
+            if field >= 3 and light != "fluorescent":
+                image = np.clip(image * tint, 0, 255).astype(np.uint8)
+            frames.append(Frame(len(frames), len(frames) / 30, image, None, {"set_index": field, "light": light}))
+    assembler = LightCycleAssembler(ORDER)
+    sets = _run(assembler, frames)
+    _check_sets(sets)
+    assert assembler.stats["relocks"] == 1
+    assert sum("relocked" in s.flags for s in sets) == 1
+    assert all(s.complete for s in sets if s.source_info.get("fluorescent", {}).get("set_index") in (0, 1, 2, 5))
+    assert sets[-1].complete and not sets[-1].flags
+
+
 def test_bright_field_frames_of_two_fields_do_not_match(pool):
     a = frame_features(Frame(0, 0, pool[0]["color1"]), 70)
     b = frame_features(Frame(1, 0, pool[0]["color3"]), 70)

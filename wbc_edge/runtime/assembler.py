@@ -187,6 +187,8 @@ class LightCycleAssembler:
         self._previous: _Observation | None = None
         self._carry_flags: set[str] = set()
         self._unknown_run = 0
+        self._doubtful: list[_Observation] = []  # skipped as unrecognised, judged again after a re-lock
+        self._replaying = False
         self._next_index = 0
         self._was_locked = False
         self._deltas: list[float] = []
@@ -259,29 +261,39 @@ class LightCycleAssembler:
 
     # ---- lock -----------------------------------------------------------------------------------
     def _try_lock(self, at_end: bool) -> list[LightSet]:
-        pending = self._pending
-        signatures = self._learn_signatures(pending, at_end)
-        if signatures is None:
-            if len(pending) > self.max_pending:
-                drop = len(pending) - self.max_pending
-                self.stats["unlocked_dropped"] += drop
-                del pending[:drop]
-            return []
-        self.signatures = signatures
-        self.by_position = self._min_separation() < self.min_signature_separation
-        if self.by_position:
-            log.warning("bright-field lights are not distinguishable by colour (separation %.1f); assigning them by cycle position", self._min_separation())
-        self.locked = True
-        if self._was_locked:
-            self.stats["relocks"] += 1
-            self._carry_flags.add("relocked")
-        self._was_locked = True
-        log.info("locked onto the light cycle after %d frame(s): %s", len(pending),
-                 ", ".join(f"{k}={np.round(v, 1).tolist()}" for k, v in self.signatures.items()))
-        replay, self._pending = pending, []
+        """Learn the colours from the pending frames; once locked, place those frames (replay).
+        Iterative: a replay that loses the lock again leaves a strictly shorter pending list."""
         out: list[LightSet] = []
-        for obs in replay:
-            out += self._place(obs) if self.locked else self._queue(obs)
+        while not self.locked and self._pending:
+            pending = self._pending
+            signatures = self._learn_signatures(pending, at_end)
+            if signatures is None:
+                if len(pending) > self.max_pending:
+                    drop = len(pending) - self.max_pending
+                    self.stats["unlocked_dropped"] += drop
+                    del pending[:drop]
+                break
+            self.signatures = signatures
+            self.by_position = self._min_separation() < self.min_signature_separation
+            if self.by_position:
+                log.warning("bright-field lights are not distinguishable by colour (separation %.1f); assigning them by cycle position", self._min_separation())
+            self.locked = True
+            if self._was_locked:
+                self.stats["relocks"] += 1
+                self._carry_flags.add("relocked")
+            self._was_locked = True
+            log.info("locked onto the light cycle after %d frame(s): %s", len(pending),
+                     ", ".join(f"{k}={np.round(v, 1).tolist()}" for k, v in self.signatures.items()))
+            replay, self._pending = pending, []
+            self._replaying = True
+            try:
+                for obs in replay:
+                    if self.locked:
+                        out += self._place(obs)
+                    else:
+                        self._pending.append(obs)
+            finally:
+                self._replaying = False
         return out
 
     def _windows(self, pending: list[_Observation], at_end: bool) -> list[tuple[bool, list[_Observation]]]:
@@ -379,10 +391,6 @@ class LightCycleAssembler:
         order = sorted(range(n), key=lambda k: -int((before[k] > 0).sum()))
         return {light: centres[k].astype(np.float32) for light, k in zip(after_f, order)}
 
-    def _queue(self, obs: _Observation) -> list[LightSet]:
-        self._pending.append(obs)
-        return self._try_lock(at_end=False)
-
     def _min_separation(self) -> float:
         sigs = list(self.signatures.values())
         if len(sigs) < 2:
@@ -390,12 +398,23 @@ class LightCycleAssembler:
         return min(float(np.linalg.norm(a - b)) for k, a in enumerate(sigs) for b in sigs[k + 1 :])
 
     def _lose_lock(self, obs: _Observation) -> list[LightSet]:
-        log.warning("frame %s matches no learnt light; re-locking onto the cycle", obs.frame.index)
-        out = [self._finish(self._current)] if self._current is not None else []
+        log.warning("frame %s: the learnt light colours no longer fit; re-locking onto the cycle", obs.frame.index)
+        # The set being built and the frames just skipped were judged with the old colours: they go
+        # back to be judged again once the cycle is learnt anew.
+        out: list[LightSet] = []
+        doubtful = list(self._doubtful)
+        if self._replaying and self._current is not None:  # judged twice already: emit as it is
+            out.append(self._finish(self._current))
+            self._current = None
+            doubtful = []
+        if self._current is not None:
+            doubtful += list(self._current.lights.values())
+            self._carry_flags |= self._current.flags
         self._current = None
         self.locked = False
         self._unknown_run = 0
-        self._pending = [obs]
+        self._doubtful = []
+        self._pending = sorted(doubtful, key=_index_of) + [obs]
         return out
 
     # ---- classification -------------------------------------------------------------------------
@@ -409,7 +428,7 @@ class LightCycleAssembler:
         distances = {light: float(np.linalg.norm(obs.signature - sig)) for light, sig in self.signatures.items()}
         ranked = sorted(distances, key=distances.get)
         best, second = distances[ranked[0]], distances[ranked[1]]
-        if best <= 0.5 * self._min_separation() or best <= 0.7 * second:
+        if best <= 0.5 * self._min_separation() or best <= 0.5 * second:
             return ranked[0]
         # unclear colour (stain tint, lamp drift): the light the cycle expects next, if it is a close candidate
         expected = self._next_bright_by_position()
@@ -445,15 +464,23 @@ class LightCycleAssembler:
             self._unknown_run += 1
             if self._unknown_run >= 2:
                 return self._lose_lock(obs)
+            self._doubtful.append(obs)
             self._note({"unrecognised_frame"})
             log.warning("frame %s matches no learnt light; skipped", obs.frame.index)
             return []
         self._unknown_run = 0
+        cur = self._current
+        if (cur is not None and light != self.fluorescent and light in cur.lights and not self.by_position
+                and float(obs.frame.time) >= float(cur.lights[light].frame.time)
+                and field_similarity(cur.lights[light], obs) >= self.field_match_min):
+            # one field never shows one light twice (duplicates are gone): the learnt colours are wrong
+            self.stats["unrecognised"] += 1
+            return self._lose_lock(obs)
         if light != self.fluorescent and not self.by_position:
-            self.signatures[light] = 0.9 * self.signatures[light] + 0.1 * obs.signature  # follow slow drift
+            if float(np.linalg.norm(obs.signature - self.signatures[light])) <= 0.5 * self._min_separation():
+                self.signatures[light] = 0.9 * self.signatures[light] + 0.1 * obs.signature  # follow slow drift
         out: list[LightSet] = []
         pos = self.light_order.index(light)
-        cur = self._current
         if cur is not None:
             reason = self._new_set_reason(cur, obs, light, pos)
             if reason is not None:
@@ -467,6 +494,7 @@ class LightCycleAssembler:
             self._carry_flags.clear()
         cur.lights[light] = obs
         cur.last_pos = pos
+        self._doubtful = []
         if len(cur.lights) == len(self.light_order):
             out.append(self._finish(cur))
             self._current = None
