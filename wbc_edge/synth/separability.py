@@ -44,24 +44,30 @@ def feature_matrix(cells: Sequence[Mapping[str, np.ndarray]], lights: Sequence[s
 
 def probe(features: Mapping[str, np.ndarray], labels: np.ndarray, folds: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
     """Cross-validated accuracy, macro F1 and weighted F1 per light and for all lights fused."""
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
 
     sets = dict(features)
     sets["fused"] = np.concatenate([features[k] for k in features], axis=1)
     labels = np.asarray(labels)
     n_splits = min(folds, int(np.bincount(np.unique(labels, return_inverse=True)[1]).min()))
     cv = StratifiedKFold(n_splits=max(n_splits, 2), shuffle=True, random_state=seed)
-    result = {}
-    for name, x in sets.items():
-        model = make_pipeline(StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"))
-        pred = cross_val_predict(model, x, labels, cv=cv)
-        result[name] = {
-            "accuracy": float(accuracy_score(labels, pred)),
-            "macro_f1": float(f1_score(labels, pred, average="macro")),
-            "weighted_f1": float(f1_score(labels, pred, average="weighted")),
-        }
-    return result
+    # one BLAS thread: the matrices are small, and busy-waiting BLAS threads stall a loaded 2-core machine
+    with threadpool_limits(1):
+        return {name: _cross_validated_scores(x, labels, cv) for name, x in sets.items()}
+
+
+def _cross_validated_scores(x: np.ndarray, labels: np.ndarray, cv) -> dict[str, float]:
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"))
+    pred = cross_val_predict(model, x, labels, cv=cv)
+    return {
+        "accuracy": float(accuracy_score(labels, pred)),
+        "macro_f1": float(f1_score(labels, pred, average="macro")),
+        "weighted_f1": float(f1_score(labels, pred, average="weighted")),
+    }
