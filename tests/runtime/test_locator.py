@@ -158,13 +158,28 @@ def test_align_lights_recovers_a_known_shift():
     images, _ = camera.render_set(0)
     shifted = dict(images)
     shifted["color3"] = np.roll(images["color1"], (3, -2), axis=(0, 1))  # same structure, moved
-    aligned, shifts = align_lights(shifted, reference="color1", lights=["color1", "color3"])
+    aligned, shifts = align_lights(shifted, reference="color1", lights=["color1", "color3"], to_fluorescent=False)
     dx, dy = shifts["color3"]
     assert abs(dx + 2) < 0.5 and abs(dy - 3) < 0.5
     inner = np.s_[10:-10, 10:-10]
     before = np.abs(shifted["color3"][inner].astype(int) - images["color1"][inner]).mean()
     after = np.abs(aligned["color3"][inner].astype(int) - images["color1"][inner]).mean()
     assert after < 0.5 * before
+
+
+def test_align_to_the_fluorescence_frame_follows_a_moved_bright_field():
+    """Move every bright-field light by (5, -4) px against the fluorescence frame: the shifts found
+    must move by the same amount (the synthetic lights' own misregistration is unknown, so compare)."""
+    camera = SyntheticCamera(seed=12)
+    images, _ = camera.render_set(1)
+    moved = {k: (v if k == "fluorescent" else np.roll(v, (-4, 5), axis=(0, 1))) for k, v in images.items()}
+    _, before = align_lights(images)
+    aligned, after = align_lights(moved)
+    assert set(after) == {"color1", "color2", "color3"}
+    for light in after:
+        assert abs(after[light][0] - before.get(light, (0, 0))[0] - 5) < 1.0
+        assert abs(after[light][1] - before.get(light, (0, 0))[1] + 4) < 1.0
+    assert aligned["fluorescent"] is moved["fluorescent"]  # cells are located there: it never moves
 
 
 def test_detection_scores_matches_one_to_one():

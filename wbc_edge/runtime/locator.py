@@ -232,40 +232,63 @@ def align_lights(
     *,
     reference: str | None = None,
     lights: Sequence[str] | None = None,
+    fluorescent: str = "fluorescent",
+    to_fluorescent: bool = True,
     max_shift: float = 8.0,
     min_response: float = 0.05,
 ) -> tuple[Any, dict[str, tuple[float, float]]]:
-    """Correct small shifts between bright-field lights (phase correlation of their red-cell outlines
-    against one reference light). Returns (a LightSet-like copy with shifted images, shifts in px
-    applied per light). A shift larger than `max_shift` or a weak correlation peak is not applied.
+    """Correct small shifts between lights. Returns (a LightSet-like copy with shifted images, the
+    shift (dx, dy) in px taken out of each light).
 
-    The fluorescence frame is left alone by default: it shares few structures with bright-field
-    (nuclei only), so pass it in `lights` only after measuring that it helps on your device.
+    Bright-field lights are registered to one reference bright light by phase correlation of their
+    red-cell outlines (strong, shared structure). With `to_fluorescent`, the reference is also
+    registered to the fluorescence frame, where cells are located, through the only structure both
+    show: the white cells' outlines; the bright lights then follow it (shift composed). The
+    fluorescence frame never moves. A shift above `max_shift` or a weak correlation peak
+    (`min_response`) is not applied (for the fluorescence step: the bright lights stay as registered
+    among themselves). Measured in docs/runtime-frontend.md.
     """
     import dataclasses
 
     images: dict[str, np.ndarray | None] = dict(getattr(light_set, "images", light_set))
-    candidates = [k for k, v in images.items() if v is not None and (lights is None or k in lights)]
-    if lights is None:
-        candidates = [k for k in candidates if _median_grey(images[k]) > 70]  # bright-field only
+    bright = [k for k, v in images.items() if v is not None and k != fluorescent and (lights is None or k in lights)
+              and v.ndim == 3 and _median_grey(v) > 70]
     if reference is None:
-        reference = candidates[0] if candidates else None
+        reference = bright[0] if bright else None
     shifts: dict[str, tuple[float, float]] = {}
     if reference is None or images.get(reference) is None:
         return light_set, shifts
     ref = _edge_map(images[reference])
     window = cv2.createHanningWindow(ref.shape[::-1], cv2.CV_32F)
-    for light in candidates:
-        if light == reference or images[light].shape != images[reference].shape:
-            continue
-        (dx, dy), response = cv2.phaseCorrelate(ref, _edge_map(images[light]), window)
+
+    def register(moving: np.ndarray) -> tuple[float, float] | None:
+        (dx, dy), response = cv2.phaseCorrelate(ref, _edge_map(moving), window)
         if response < min_response or abs(dx) > max_shift or abs(dy) > max_shift:
-            log.debug("align %s: shift (%.1f, %.1f) response %.3f not applied", light, dx, dy, response)
+            return None
+        return float(dx), float(dy)
+
+    base = (0.0, 0.0)  # the reference's shift against the fluorescence frame
+    f_img = images.get(fluorescent)
+    if to_fluorescent and f_img is not None and f_img.shape == images[reference].shape:
+        (dx, dy), response = cv2.phaseCorrelate(_edge_map(f_img), ref, window)
+        if response >= min_response and abs(dx) <= max_shift and abs(dy) <= max_shift:
+            base = (float(dx), float(dy))
+        else:
+            log.debug("align %s to %s: peak %.3f at (%.1f, %.1f) not used", reference, fluorescent, response, dx, dy)
+    for light in bright:
+        if images[light].shape != images[reference].shape:
+            continue
+        own = (0.0, 0.0) if light == reference else register(images[light])
+        if own is None:
+            log.debug("align %s to %s: no clear peak; left as is", light, reference)
+            own = (0.0, 0.0)
+        total = (own[0] + base[0], own[1] + base[1])
+        if total == (0.0, 0.0):
             continue
         h, w = images[light].shape[:2]
-        m = np.float32([[1, 0, -dx], [0, 1, -dy]])
+        m = np.float32([[1, 0, -total[0]], [0, 1, -total[1]]])
         images[light] = cv2.warpAffine(images[light], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        shifts[light] = (float(dx), float(dy))
+        shifts[light] = total
     if dataclasses.is_dataclass(light_set):
         return dataclasses.replace(light_set, images=images), shifts
     return images, shifts
