@@ -150,6 +150,15 @@ def test_bright_field_frames_of_two_fields_do_not_match(pool):
     assert field_similarity(a, b) > 0.2 > field_similarity(a, c)
 
 
+def test_two_captures_of_an_empty_field_are_not_duplicates():
+    rng = np.random.default_rng(0)
+    empty = [np.clip(rng.normal(8, 2.5, (480, 640, 3)), 0, 255).astype(np.uint8) for _ in range(2)]
+    assembler = LightCycleAssembler(ORDER)
+    for i, image in enumerate([empty[0], empty[1], empty[1]]):
+        assembler.push(Frame(i, i / 30, image, None, {}))
+    assert assembler.stats["duplicates"] == 1  # only the true repeat
+
+
 def test_light_order_without_fluorescence_is_refused():
     with pytest.raises(DataError, match="fluorescent"):
         LightCycleAssembler(("color1", "color2"))

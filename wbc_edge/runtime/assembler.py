@@ -153,7 +153,7 @@ class LightCycleAssembler:
         *,
         fluorescent_light: str = FLUORESCENT,
         dark_max_median: float = 70.0,
-        duplicate_max_diff: float = 1.0,
+        duplicate_max_diff: float = 0.25,
         field_match_min: float = 0.2,
         nuclei_match_min: float | None = None,  # experimental fluorescence-vs-bright check, see nuclei_contrast
         min_signature_separation: float = 1.5,
