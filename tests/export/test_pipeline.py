@@ -86,6 +86,12 @@ def test_user_mistakes_are_one_line_errors(run_dir, tmp_path, capsys):
     assert export_cli.main(["--run", str(run_dir), "--fold", "3", "--out", str(tmp_path / "m.wbc")]) == 2
     assert "fold3" in capsys.readouterr().err
     assert export_cli.main(["--run", str(run_dir), "--out", str(tmp_path / "m.wbc"), "--int8", "--int8-variant", "gpu"]) == 2
+    assert "--int8-variant 'gpu'" in capsys.readouterr().err
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert export_cli.main(["--run", str(run_dir), "--out", str(tmp_path / "m.wbc"), "--engine", "fp16"]) == 2
+        assert "tensorrt: not importable" in capsys.readouterr().err
     assert not (tmp_path / "m.wbc").exists()
 
 

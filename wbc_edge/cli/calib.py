@@ -85,7 +85,8 @@ def capture_main(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout, force=True)
+    logging.getLogger("wbc_edge").setLevel(logging.INFO)
     try:
         return select_main(a) if a.command == "select" else capture_main(a)
     except WbcError as e:

@@ -202,6 +202,11 @@ def export_bundle(source: ExportSource, options: ExportOptions, emit: Callable[[
     for variant in options.int8_variants:
         if variant not in INT8_VARIANTS:
             raise CalibrationError(f"--int8-variant '{variant}': not one of {list(INT8_VARIANTS)}")
+    if options.engines:
+        # Fail before the long export, not after it, on a host without TensorRT.
+        from wbc_edge.export import tensorrt as trt_layer
+
+        trt_layer.import_tensorrt()
     needs_gate = options.int8 or options.fp16
     inputs = labels = None
     gate_where = None
