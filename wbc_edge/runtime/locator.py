@@ -171,6 +171,9 @@ def locate_cells(
             continue  # cut by the frame border: its crop would be incomplete
         lobes = len(np.unique(lobe_labels[py, px]))
         boxes.append(CellBox(x0, y0, x1, y1, cx, cy, area, lobes, intensity, body_area))
+    # a small fragment centred inside a bigger cell's box is a lobe that strayed past merge_distance
+    boxes = [b for b in boxes if b.area >= min_area or not any(
+        o is not b and o.area > b.area and o.x0 <= b.cx < o.x1 and o.y0 <= b.cy < o.y1 for o in boxes)]
     boxes.sort(key=lambda b: (b.y0, b.x0))
     return boxes
 
