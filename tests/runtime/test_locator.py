@@ -87,6 +87,17 @@ def test_lobes_of_one_cell_merge_and_debris_and_border_cells_are_rejected():
     assert [b.n_lobes for b in locate_cells(img, merge_distance=2)] == [1, 1, 1]  # lobes too far apart to merge
 
 
+def test_a_stray_lobe_inside_its_cell_is_not_a_second_cell():
+    img = np.full((160, 160, 3), 8, np.uint8)
+    yy, xx = np.mgrid[:160, :160]
+    img[(xx - 80) ** 2 + (yy - 80) ** 2 < 20**2, 0] = 40  # cytoplasm glow
+    img[(xx - 74) ** 2 + (yy - 80) ** 2 < 9**2] = (60, 200, 60)  # main nucleus
+    img[(xx - 94) ** 2 + (yy - 80) ** 2 < 4**2] = (60, 200, 60)  # a small lobe 8 px away
+    boxes = locate_cells(img, merge_distance=6)
+    assert len(boxes) == 1 and boxes[0].x0 <= 62 and boxes[0].x1 >= 98
+    assert len(locate_cells(img, merge_distance=6, min_area=40)) == 2  # as big as a cell, it would count
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     image=st.one_of(
