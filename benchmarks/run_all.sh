@@ -10,7 +10,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 WORK="${1:-$HERE/work}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 ROUNDS="${ROUNDS:-30}"
-SETS="${SETS:-8}"
+SETS="${SETS:-16}"
 mkdir -p "$WORK"
 cd "$ROOT"
 

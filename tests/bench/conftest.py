@@ -55,7 +55,8 @@ def bench_run(tiny_bundle, cells_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bench_out")
     opts = BenchOptions(model=tiny_bundle, batches=(1, 8), rounds=4, warmup=1, data=cells_dir, sets=2, out=out,
-                        pipeline_repeats=1, cold_start_repeats=1)
+                        pipeline_repeats=1, cold_start_repeats=1,
+                        threads=1)  # one thread: the shared 2-core CI machine stays usable
     report = run_bench(opts)
     json_path, md_path = write_report(report, out)
     return report, json_path, md_path

@@ -145,14 +145,16 @@ t_import = time.perf_counter()
 analyzer = runtime.Analyzer(sys.argv[1], backend="onnxruntime", precision=sys.argv[3], batch_size=1, max_wait_ms=0)
 analyzer.open()
 t_load = time.perf_counter()
-first = []
+first, cpu = [], []
 def on_result(res):
     if not first:
         first.append(time.perf_counter())
+        cpu.append(time.process_time())
         analyzer.stop("first result")
 analyzer.analyze(sys.argv[2], max_cells=1, on_result=on_result)
 print(json.dumps({"import_s": t_import - t0, "load_s": t_load - t_import,
-                  "first_result_s": (first[0] - t0) if first else None, "torch_imported": "torch" in sys.modules}))
+                  "first_result_s": (first[0] - t0) if first else None,
+                  "first_result_cpu_s": cpu[0] if cpu else None, "torch_imported": "torch" in sys.modules}))
 """
 
 _PEAK_RSS = r"""
@@ -208,6 +210,7 @@ def cold_start(bundle_path: Path, frames_dir: Path, precision: str, repeats: int
             "process_wall_s": float(np.median([r["process_wall_s"] for r in runs])),
             "import_s": float(np.median([r["import_s"] for r in runs])),
             "load_s": float(np.median([r["load_s"] for r in runs])),
+            "first_result_cpu_s": float(np.median([r["first_result_cpu_s"] for r in runs if r["first_result_cpu_s"] is not None] or [np.nan])),
             "torch_imported": any(r["torch_imported"] for r in runs)}
 
 

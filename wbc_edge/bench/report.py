@@ -62,6 +62,7 @@ def format_markdown(report: dict[str, Any]) -> str:
     if cold:
         lines.append(f"\nCold start (fresh interpreter, median of {len(cold['runs'])}): import {cold['import_s']:.3f} s, "
                      f"load {cold['load_s']:.3f} s, first result {_f(cold['first_result_s'], '.3f')} s after the import began "
+                     f"({_f(cold.get('first_result_cpu_s'), '.3f')} s of CPU time in the process, all threads) "
                      f"(whole process incl. interpreter start {cold['process_wall_s']:.3f} s); torch imported: {cold['torch_imported']}.")
     if rss:
         lines.append(f"Peak RSS of the runtime running the pipeline over {rss['sets']} sets (a subprocess, ru_maxrss): "

@@ -53,6 +53,7 @@ class TorchEagerRunner:
         self.name = "torch-eager-fp32-cpu"
         self._module: Any = None
         self._torch: Any = None
+        self._threads_before: int | None = None
         self.is_active = False
 
     def activate(self) -> "TorchEagerRunner":
@@ -64,6 +65,8 @@ class TorchEagerRunner:
         from wbc_edge.train.models import create_model
 
         if self.threads:
+            # process-wide in torch: remembered and restored on deactivate, so callers are left as they were
+            self._threads_before = torch.get_num_threads()
             torch.set_num_threads(int(self.threads))
         if self.checkpoint is not None:
             from wbc_edge.train.checkpoint import load_model
@@ -89,6 +92,9 @@ class TorchEagerRunner:
         return self
 
     def deactivate(self) -> None:
+        if self._threads_before is not None and self._torch is not None:
+            self._torch.set_num_threads(self._threads_before)
+            self._threads_before = None
         self._module = None
         self.is_active = False
 
