@@ -106,8 +106,8 @@ _FLUO_BACKGROUND = np.array([7.0, 9.0, 8.0], np.float32)
 
 # Per-light optics: (blur sigma range px, noise sigma at mid-grey, illumination falloff range)
 _OPTICS = {
-    "fluorescent": ((1.2, 3.6), 5.0, (0.15, 0.45)),
-    "color1": ((1.6, 3.4), 3.0, (0.05, 0.18)),
+    "fluorescent": ((1.5, 4.0), 6.0, (0.15, 0.45)),
+    "color1": ((1.2, 2.8), 3.0, (0.05, 0.18)),
     "color2": ((0.5, 1.8), 3.0, (0.05, 0.15)),
     "color3": ((0.8, 2.8), 3.0, (0.05, 0.18)),
 }
