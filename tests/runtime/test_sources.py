@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wbc_edge.data.images import write_image
+from wbc_edge.data.images import read_image, write_image
 from wbc_edge.errors import SourceError
 from wbc_edge.runtime.sources import FrameValidator, backoff_delays, light_from_name, open_source
 from wbc_edge.synth.frames import SyntheticCamera, write_frames
@@ -196,6 +196,27 @@ def test_live_camera_keeps_only_the_newest_frame():
     finally:
         source.close()
     assert not any(t.name.startswith("grab:rtsp") and t.is_alive() for t in threading.enumerate())
+
+
+def test_live_grabber_on_a_real_opencv_capture(tmp_path):
+    """The live path (grabber thread, BGR -> RGB) on a real cv2.VideoCapture: a recorded clip
+    standing in for a camera; at its end the camera is 'lost' and, with no reconnect tries, the stream ends."""
+    out = write_frames(tmp_path / "clip", sets=2, seed=5, width=96, height=64)
+    meta = json.loads((out / "meta.json").read_text())
+    source = open_source("rtsp://camera.local/live", capture_factory=lambda t, a: cv2.VideoCapture(str(out / "video.avi")),
+                         max_reconnects=0)
+    frames = []
+    while source.is_streaming:
+        frame = source.read(timeout=0.5)
+        if frame is not None:
+            frames.append(frame)
+            time.sleep(0.002)
+    source.close()
+    assert 1 <= len(frames) <= meta["n_frames"]
+    assert len(frames) + source.stats.dropped == meta["n_frames"]
+    if meta["video_codec"] in ("FFV1", "png "):
+        for f in frames:
+            assert np.array_equal(f.image, read_image(out / "frames" / f"{f.index:06d}.png"))
 
 
 def test_read_times_out_with_none_on_a_silent_camera():

@@ -344,6 +344,13 @@ class CaptureSource(FrameSource):
             self._thread = threading.Thread(target=self._grab_loop, name=f"grab:{uri}", daemon=True)
             self._thread.start()
 
+    @property
+    def is_streaming(self) -> bool:
+        """A live stream that has ended still streams until its last grabbed frame is read."""
+        if self.is_live and not self._closed and self._latest is not None:
+            return True
+        return super().is_streaming
+
     def _open_failure_reason(self) -> str:
         if self.api == cv2.CAP_GSTREAMER and self._factory is _cv2_capture and not _has_gstreamer():
             return "this OpenCV build has no GStreamer support"
