@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     except WbcError as e:
         print(f"wbc-export: {e}", file=sys.stderr)
         return 2
-    print(f"wbc-export: wrote {result.bundle} ({', '.join(sorted(json.loads(json.dumps(result.accuracy.get('precisions', {'fp32': 0}))).keys()))})")
+    precisions = sorted(result.accuracy.get("precisions") or ["fp32"])
+    print(f"wbc-export: wrote {result.bundle} ({', '.join(precisions)})")
     return 0
 
 
