@@ -144,3 +144,17 @@ def test_damaged_image_folder_runs_to_the_end_with_every_readable_cell(tmp_path,
     untouched = [c for c in damaged_cells if not any(f.startswith(("missing:", "frame_rejected")) for f in c["flags"])]
     clean_by_box = {(tuple(c["box"]), c["class"]) for c in results["clean"][0]}
     assert untouched and all((tuple(c["box"]), c["class"]) in clean_by_box for c in untouched)
+
+
+def test_sigint_mid_stream_drains_and_prints_what_the_file_holds(tmp_path, tiny_bundle):
+    """Ctrl-C (SIGINT) during a run of the faulty camera: exit 0, summary printed equals the file's count."""
+    out = tmp_path / "results.jsonl"
+    proc = run_cli([FAULTY_CAMERA.format(seed=31), "--model", str(tiny_bundle), "--precision", "fp32", "--out", str(out)])
+    wait_for_cells(out, 8, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr and "SIGINT" in stdout + stderr
+    (cells,) = parsed_runs(out)
+    total_line = next(x for x in stdout.splitlines() if x.startswith("total"))
+    assert int(total_line.split()[1]) == len(cells) == summarize(out).total_cells >= 8
