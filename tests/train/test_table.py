@@ -141,3 +141,44 @@ def test_main_table_bad_data_is_one_line(tmp_path, capsys):
     assert main_table(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--folds", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nowhere" in err
+
+
+@pytest.fixture
+def one_torch_thread():
+    """--threads 1 sets torch's process-wide thread count: put it back for the tests after this one."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_real_small_table_run(tmp_path, capsys, one_torch_thread):
+    """The real chain on synthetic cells: data -> CV training -> table, Figure 4, reuse on a second call."""
+    from wbc_edge.cli.synth import main as synth_main
+
+    data = tmp_path / "data"
+    assert synth_main(["cells", "-q", "--out", str(data), "--n", "30", "--seed", "3", "--size", "32",
+                       "--class-mix", "balanced"]) == 0
+    run = tmp_path / "run"
+    argv = ["--data", str(data), "--out", str(run), "--folds", "2", "--epochs", "1", "--img-size", "32",
+            "--batch-size", "16", "--methods", "single:color1", "mimo", "--randaugment", "0", "0", "--threads", "1"]
+    assert main_table(argv) == 0
+    table = json.loads((run / "table.json").read_text())
+    assert list(table["methods"]) == ["single:color1", "mimo"]
+    for method, row in table["methods"].items():
+        assert len(row["folds"]) == 2
+        assert 0.0 <= row["summary"]["weighted_f1"]["mean"] <= 1.0
+        assert sum(map(sum, row["summary"]["confusion"])) == 30  # every cell validated exactly once
+    assert table["methods"]["mimo"]["complexity"]["paper"]["params"] == 1_276_048
+    fig4 = json.loads((run / "plots" / "figure4-mimo.json").read_text())
+    assert set(fig4["conditions"]) == {"all lights", "only fluorescent", "only color1", "only color2", "only color3"}
+    md = (run / "table.md").read_text()
+    assert "| color1 only |" in md and "| MM-MIMO |" in md and "MM-MIMO beats early fusion: **not tested**" in md
+
+    model = run / "folds" / "fold0" / "mimo" / "model.pt"
+    before = model.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main_table(argv) == 0  # everything finished: reused, not retrained
+    assert model.stat().st_mtime_ns == before

@@ -176,7 +176,7 @@ def render_table_md(table: Mapping[str, Any]) -> str:
     lines = [
         f"# Table 1 on {table.get('dataset', 'the dataset')}",
         "",
-        f"Backbone `{table['backbone']}`, {table['folds']}-fold cross-validation, {table.get('epochs', '?')} epochs, "
+        f"Backbone `{table['backbone']}`, {table['folds']}-fold cross-validation, epochs: {table.get('epochs', '?')}, "
         f"{size} x {size} px. Mean ± std over folds, in %. MACs and params by fvcore at {size} px "
         f"and at {PAPER_SIZE} px (the paper's size).",
         "",
@@ -307,6 +307,7 @@ def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] 
     table = build_table(per_method, backbone=base_config.backbone, img_size=base_config.img_size,
                         folds=base_config.folds, classes=dataset.classes, complexity=cx,
                         dataset=dataset_name, epochs=base_config.epochs)
+    table["folds_run"] = folds
     if plots:
         table["plots"] = write_table_plots(table, dataset, run_dir, folds, arrays=arrays)
     atomic_write_text(run_dir / "table.json", json.dumps(table, indent=2, sort_keys=False, default=_json_default))
@@ -416,6 +417,9 @@ def get_table_parser() -> argparse.ArgumentParser:
                         help="subset of single:<light> late early mimo early-kd mimo-kd (default: all, in "
                              "dependency order)")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
+    # The table picks the methods itself: hide the single-method options it inherits.
+    parser.add_argument("--method", default="mimo-kd", help=argparse.SUPPRESS)
+    parser.add_argument("--list-backbones", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
