@@ -14,14 +14,19 @@ SETS="${SETS:-16}"
 mkdir -p "$WORK"
 cd "$ROOT"
 
-if [ ! -d "$WORK/cells" ]; then
+DEMO="$ROOT/wbc_edge/demo/demo.wbc"
+MODEL="$WORK/model.wbc"
+EAGER=(--checkpoint "$WORK/run/folds/fold0/mimo/model.pt")
+if [ ! -f "$MODEL" ] && [ -f "$DEMO" ]; then
+  MODEL="$DEMO"; EAGER=()  # the packaged bundle carries weights.npz for the eager baseline
+elif [ ! -d "$WORK/cells" ]; then
   "$PY" -m wbc_edge.cli.synth cells --out "$WORK/cells" --n 800 --seed 0
 fi
-if [ ! -f "$WORK/run/folds/fold0/mimo/model.pt" ]; then
+if [ "$MODEL" = "$WORK/model.wbc" ] && [ ! -f "$WORK/run/folds/fold0/mimo/model.pt" ]; then
   "$PY" -m wbc_edge.cli.train --data "$WORK/cells" --method mimo --backbone shufflenet_v2_x1_0 --img-size 64 \
     --epochs "${EPOCHS:-4}" --folds 5 --fold-subset 0 --out "$WORK/run" --seed 0
 fi
-if [ ! -f "$WORK/model.wbc" ]; then
+if [ "$MODEL" = "$WORK/model.wbc" ] && [ ! -f "$WORK/model.wbc" ]; then
   "$PY" -m wbc_edge.cli.export --run "$WORK/run" --method mimo --fold 0 --out "$WORK/model.wbc" --int8 --fp16
 fi
 
@@ -31,11 +36,12 @@ if [ ! -d "$WORK/heldout" ]; then
 fi
 
 echo "load before the benchmark: $(cat /proc/loadavg)"
-"$PY" -m wbc_edge.cli.bench --model "$WORK/model.wbc" --checkpoint "$WORK/run/folds/fold0/mimo/model.pt" \
+"$PY" -m wbc_edge.cli.bench --model "$MODEL" "${EAGER[@]}" \
   --batch 1,8,32 --rounds "$ROUNDS" --warmup 3 --sets "$SETS" --data "$WORK/heldout" --out "$WORK/bench"
 # Thread-count sweep (what was tried): ONNX Runtime and torch with one thread.
-"$PY" -m wbc_edge.cli.bench --model "$WORK/model.wbc" --checkpoint "$WORK/run/folds/fold0/mimo/model.pt" \
+"$PY" -m wbc_edge.cli.bench --model "$MODEL" "${EAGER[@]}" \
   --batch 8 --rounds "$ROUNDS" --threads 1 --no-pipeline --out "$WORK/bench-threads1" --quiet
-"$PY" "$HERE/ort_options.py" --model "$WORK/model.wbc" --batch 8 --rounds "$ROUNDS" --out "$WORK/ort_options.json"
+"$PY" "$HERE/ort_options.py" --model "$MODEL" --batch 8 --rounds "$ROUNDS" --out "$WORK/ort_options.json"
+"$PY" "$HERE/pipeline_options.py" --model "$MODEL" --sets "$SETS" --out "$WORK/pipeline_options.json"
 lscpu > "$WORK/lscpu.txt"
-echo "results: $WORK/bench/bench.md, $WORK/bench-threads1/bench.md, $WORK/ort_options.json, $WORK/lscpu.txt"
+echo "results: $WORK/bench/bench.md, $WORK/bench-threads1/bench.md, $WORK/ort_options.json, $WORK/pipeline_options.json, $WORK/lscpu.txt"

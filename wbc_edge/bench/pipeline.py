@@ -108,13 +108,16 @@ def end_to_end(analyzer: Any, frames_dir: Path, results_path: Path) -> dict[str,
             "in_pipeline_stage_totals_s": {k: v["total_s"] for k, v in (stats.get("stages") or {}).items()}}
 
 
-def measure_pipeline(bundle: Bundle, frames_dir: Path, precision: str, batch_size: int, repeats: int) -> dict[str, Any]:
-    """e2e and stages alone, alternated `repeats` times; medians per set and their ratio."""
+def measure_pipeline(bundle: Bundle, frames_dir: Path, precision: str, batch_size: int, repeats: int,
+                     runner: Any = None) -> dict[str, Any]:
+    """e2e and stages alone, alternated `repeats` times; medians per set and their ratio.
+
+    runner: an inactive runner to use instead of the runtime's choice (experiments)."""
     from wbc_edge.runtime import Analyzer
 
     e2e_runs, alone_runs = [], []
     with tempfile.TemporaryDirectory(prefix="wbc-bench-") as tmp, \
-            Analyzer(bundle, backend="onnxruntime", precision=precision, batch_size=batch_size) as analyzer:
+            Analyzer(bundle, backend="onnxruntime", precision=precision, batch_size=batch_size, runner=runner) as analyzer:
         for _ in range(max(1, repeats)):
             e2e_runs.append(end_to_end(analyzer, frames_dir, Path(tmp) / "e2e.jsonl"))
             alone_runs.append(stages_alone(analyzer, frames_dir, Path(tmp) / "alone.jsonl"))
