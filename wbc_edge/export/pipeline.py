@@ -253,7 +253,7 @@ def export_bundle(source: ExportSource, options: ExportOptions, emit: Callable[[
                     models[f"int8-{variant}"] = result.onnx_bytes
                     int8_records[f"int8-{variant}"] = record
                     row["bytes"] = len(result.onnx_bytes)
-                    row["note"] = ("ranges reused from cache" if record["ranges_reused"] else "ranges calibrated") + (
+                    row["note"] = ("activation ranges from the calibration cache" if record["ranges_reused"] else "activation ranges calibrated") + (
                         f", kept in float: {', '.join(record['kept_float'])}" if record["kept_float"] else "")
         calib_manifest["int8"] = int8_records
 

@@ -179,7 +179,7 @@ class Quantizer:
         set_metadata(model, {p.key: p.value for p in onnx.load_from_string(self.fp32_bytes).metadata_props})
         set_metadata(model, {"wbc_edge.precision": f"int8-{variant}", "wbc_edge.kept_float": ",".join(nodes_to_exclude)})
         return QuantizeResult(model.SerializeToString(), variant, self.method, list(nodes_to_exclude), self.key,
-                              self.ranges_reused or had_ranges, self.always_excluded)
+                              self.ranges_reused, self.always_excluded)
 
     def close(self) -> None:
         self._tmp.cleanup()
