@@ -118,7 +118,7 @@ def format_table(report: dict[str, Any], classes: Sequence[str]) -> str:
 
     abbrev = [CLASS_ABBREV.get(c, c[:4].upper()) for c in classes]
     head = f"{'precision':<10} {'wF1':>7} {'drop':>6} {'mF1':>7} {'agree%':>7} {'maxdP':>7} " + " ".join(f"{a:>6}" for a in abbrev) + "  gate"
-    lines = [f"accuracy gate on {report['n_cells']} held-out cells (recall % per class)", head, "-" * len(head)]
+    lines = [f"accuracy gate on {report['n_cells']} cells{(' of ' + report['data']) if report.get('data') else ''} (recall % per class)", head, "-" * len(head)]
     for precision, row in report["precisions"].items():
         recalls = " ".join("     -" if row["per_class_recall"][c] is None else f"{row['per_class_recall'][c]:6.1f}" for c in classes)
         verdict = {True: "pass", False: "FAIL", None: ""}[row.get("passed")]
