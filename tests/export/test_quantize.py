@@ -69,6 +69,9 @@ def test_int8_agreement_and_f1_drop_are_reported(fp32_bytes, int8, spec, val_dat
         assert row["weighted_f1_drop"] == pytest.approx(fp32["weighted_f1"] - row["weighted_f1"])
         assert p in table
     assert check_gate(report, max_drop=-1.0) == ["int8-trt", "int8-cpu"]
+    # Agreement floor: above 100% nothing but fp32 itself can pass.
+    assert check_gate(report, max_drop=100.0, min_agreement=100.01) == ["int8-trt", "int8-cpu"]
+    assert report["precisions"]["fp32"]["passed"] is True
 
 
 def test_activation_ranges_are_reused_only_for_the_same_model(fp32_bytes, calib, tmp_path, caplog):

@@ -35,6 +35,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     calib.add_argument("--calib-size", type=int, default=256, help="cells to select from the training split (default: %(default)s)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed weighted-F1 drop vs FP32, in points (default: %(default)s)")
+    p.add_argument("--min-agreement", type=float, help="also fail a precision whose predictions agree with FP32 on fewer than this %% of cells")
     p.add_argument("--gate-data", type=Path, help="held-out dataset for the gate (default: the fold's validation split)")
     p.add_argument("--keep-float", default="", help="comma-separated node names to leave unquantized")
     p.add_argument("--no-fallback", action="store_true", help="do not keep sensitive layers in float automatically when the gate fails")
@@ -51,6 +52,7 @@ def get_compare_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="labelled dataset to evaluate on")
     p.add_argument("--max-drop", type=float, default=1.0)
+    p.add_argument("--min-agreement", type=float)
     p.add_argument("--json", type=Path, help="also write the report here")
     return p
 
@@ -69,7 +71,7 @@ def compare_main(argv: list[str]) -> int:
     from wbc_edge.export.pipeline import compare_bundle
 
     try:
-        report = compare_bundle(a.bundle, a.data, a.max_drop)
+        report = compare_bundle(a.bundle, a.data, a.max_drop, a.min_agreement)
         if a.json:
             atomic_write_text(a.json, json.dumps(report, indent=2))
     except WbcError as e:
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             engines = tuple(parse_engine_list(a.engine))
         options = ExportOptions(
             out=a.out, int8=a.int8, int8_variants=parse_list(a.int8_variant, INT8_VARIANTS, "--int8-variant"), fp16=a.fp16,
-            calib_dir=a.calib, calib_size=a.calib_size, calib_method=a.calib_method, max_drop=a.max_drop,
+            calib_dir=a.calib, calib_size=a.calib_size, calib_method=a.calib_method, max_drop=a.max_drop, min_agreement=a.min_agreement,
             gate_data=a.gate_data, keep_float=parse_list(a.keep_float), auto_fallback=not a.no_fallback,
             engines=engines, via=a.via, cache_dir=a.cache_dir, opset=a.opset,
         )

@@ -78,14 +78,19 @@ def evaluate_precisions(
     return report
 
 
-def check_gate(report: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP, only: Sequence[str] | None = None) -> list[str]:
-    """Precisions whose weighted-F1 drop exceeds `max_drop` points (empty when all pass)."""
+def check_gate(report: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP, only: Sequence[str] | None = None,
+               min_agreement: float | None = None) -> list[str]:
+    """Precisions whose weighted-F1 drop exceeds `max_drop` points, or (when given) whose agreement
+    with FP32 is below `min_agreement` percent; empty when all pass. A score alone can hide a model
+    that predicts different cells equally well (or equally badly)."""
     report["max_drop"] = max_drop
+    report["min_agreement"] = min_agreement
     failed = []
     for precision, row in report["precisions"].items():
         if precision == "fp32" or (only is not None and precision not in only):
             continue
-        row["passed"] = bool(row["weighted_f1_drop"] <= max_drop)
+        row["passed"] = bool(row["weighted_f1_drop"] <= max_drop
+                             and (min_agreement is None or row["agreement_with_fp32"] >= min_agreement))
         if not row["passed"]:
             failed.append(precision)
     if "fp32" in report["precisions"]:
@@ -93,10 +98,11 @@ def check_gate(report: dict[str, Any], max_drop: float = DEFAULT_MAX_DROP, only:
     return failed
 
 
-def run_gate(models: Mapping[str, bytes], spec: ModelSpec, inputs: np.ndarray, labels: np.ndarray, max_drop: float = DEFAULT_MAX_DROP) -> dict[str, Any]:
-    """Evaluate and raise AccuracyGateError naming the first precision over the allowed drop."""
+def run_gate(models: Mapping[str, bytes], spec: ModelSpec, inputs: np.ndarray, labels: np.ndarray, max_drop: float = DEFAULT_MAX_DROP,
+             min_agreement: float | None = None) -> dict[str, Any]:
+    """Evaluate and raise AccuracyGateError naming the worst precision over the allowed drop."""
     report = evaluate_precisions(models, spec, inputs, labels)
-    failed = check_gate(report, max_drop)
+    failed = check_gate(report, max_drop, min_agreement=min_agreement)
     if failed:
         raise gate_error(report, failed)
     return report
@@ -105,6 +111,10 @@ def run_gate(models: Mapping[str, bytes], spec: ModelSpec, inputs: np.ndarray, l
 def gate_error(report: dict[str, Any], failed: Sequence[str]) -> AccuracyGateError:
     rows = report["precisions"]
     worst = max(failed, key=lambda p: rows[p]["weighted_f1_drop"])
+    if rows[worst]["weighted_f1_drop"] <= report["max_drop"]:
+        return AccuracyGateError(
+            f"accuracy gate: {worst} agrees with fp32 on {rows[worst]['agreement_with_fp32']:.2f}% of cells, "
+            f"less than --min-agreement {report['min_agreement']:g}")
     return AccuracyGateError(
         f"accuracy gate: {worst} weighted F1 {rows[worst]['weighted_f1']:.2f} is {rows[worst]['weighted_f1_drop']:.2f} points "
         f"below fp32 ({rows['fp32']['weighted_f1']:.2f}), more than --max-drop {report['max_drop']:g}"

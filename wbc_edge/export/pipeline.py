@@ -40,6 +40,7 @@ class ExportOptions:
     calib_method: str = "minmax"
     calib_seed: int = 0
     max_drop: float = DEFAULT_MAX_DROP
+    min_agreement: float | None = None
     gate_data: Path | None = None
     keep_float: tuple[str, ...] = ()
     auto_fallback: bool = True
@@ -175,8 +176,9 @@ def quantize_with_fallback(quantizer: Any, variant: str, fp32_bytes: bytes, spec
         result = quantizer.quantize(variant, kept)
         report = evaluate_precisions({"fp32": fp32_bytes, precision: result.onnx_bytes}, spec, inputs, labels)
         drop = report["precisions"][precision]["weighted_f1_drop"]
-        attempts.append({"kept_float": list(kept), "weighted_f1_drop": drop})
-        if drop <= options.max_drop or not options.auto_fallback:
+        agreement = report["precisions"][precision]["agreement_with_fp32"]
+        attempts.append({"kept_float": list(kept), "weighted_f1_drop": drop, "agreement_with_fp32": agreement})
+        if not check_gate(report, options.max_drop, min_agreement=options.min_agreement) or not options.auto_fallback:
             break
         if not plan and ranked is None:
             # First: the first conv and the classifier; then layers by the error they add.
@@ -188,7 +190,7 @@ def quantize_with_fallback(quantizer: Any, variant: str, fp32_bytes: bytes, spec
             nxt = candidate if candidate != kept else None
         if nxt is None:
             break
-        emit(f"INT8 {variant}: drop {drop:.2f} > {options.max_drop:g} points; retrying with {len(nxt)} layer(s) kept in float")
+        emit(f"INT8 {variant}: drop {drop:.2f} points, agreement {agreement:.1f}% fails the gate; retrying with {len(nxt)} layer(s) kept in float")
         kept = nxt
     return result, {"attempts": attempts, **result.record()}
 
@@ -269,7 +271,7 @@ def export_bundle(source: ExportSource, options: ExportOptions, emit: Callable[[
         with steps.step("accuracy gate (ONNX Runtime CPU)") as row:
             accuracy = evaluate_precisions(models, spec, inputs, labels)
             accuracy["data"] = gate_where
-            failed = check_gate(accuracy, options.max_drop)
+            failed = check_gate(accuracy, options.max_drop, min_agreement=options.min_agreement)
             emit(format_table(accuracy, spec.classes))
             if failed:
                 raise gate_error(accuracy, failed)
@@ -311,7 +313,7 @@ def build_engines(bundle_path: Path, options: ExportOptions, source: ExportSourc
     return trt_layer.build_bundle_engines(Bundle.open(bundle_path), list(options.engines), via=options.via, torch_module=torch_module)
 
 
-def compare_bundle(bundle_path: Path, data: Path, max_drop: float = DEFAULT_MAX_DROP) -> dict[str, Any]:
+def compare_bundle(bundle_path: Path, data: Path, max_drop: float = DEFAULT_MAX_DROP, min_agreement: float | None = None) -> dict[str, Any]:
     """`wbc-export compare`: re-run the gate on an existing bundle's precisions over a dataset."""
     from wbc_edge.data import open_dataset
 
@@ -325,7 +327,7 @@ def compare_bundle(bundle_path: Path, data: Path, max_drop: float = DEFAULT_MAX_
     report = evaluate_precisions({p: bundle.model_bytes(p) for p in bundle.precisions}, spec, inputs, labels)
     report["data"] = str(data)
     report["bundle"] = str(bundle_path)
-    check_gate(report, max_drop)
+    check_gate(report, max_drop, min_agreement=min_agreement)
     return report
 
 
