@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -45,7 +45,6 @@ class BenchOptions:
     pipeline_repeats: int = 3
     cold_start_repeats: int = 3
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _row_unavailable(backend: str, precision: str, batch: int | None, reason: str) -> dict[str, Any]:
