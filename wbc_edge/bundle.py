@@ -12,6 +12,7 @@ Members (names are the contract; optional ones may be absent):
     model.fp16.onnx           FP16 graph with FP32 I/O (TensorRT 11 strongly typed FP16)
     calibration.json          calibration-set manifest (cell ids, class counts, content hash)
     accuracy.json             the accuracy gate's report per precision
+    weights.npz               the trained state_dict as NumPy arrays (no pickle): PyTorch baselines
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from wbc_edge.spec import ModelSpec
 
 BUNDLE_SCHEMA = 1
 MANIFEST = "manifest.json"
+WEIGHTS_MEMBER = "weights.npz"
 PRECISION_MEMBERS = {
     "fp32": "model.fp32.onnx",
     "fp16": "model.fp16.onnx",

@@ -13,12 +13,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from wbc_edge.bundle import Bundle
+from wbc_edge.bundle import WEIGHTS_MEMBER, Bundle
 from wbc_edge.errors import BackendUnavailable, SpecError
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_MEMBER = "weights.npz"
 
 
 def torch_available() -> tuple[bool, str]:

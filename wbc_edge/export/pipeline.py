@@ -5,6 +5,7 @@ write itself is atomic, so a good bundle already at `out` survives a failed or k
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -15,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from wbc_edge.bundle import PRECISION_MEMBERS, Bundle, write_bundle
+from wbc_edge.bundle import PRECISION_MEMBERS, WEIGHTS_MEMBER, Bundle, write_bundle
 from wbc_edge.calibration import CalibrationSet, inputs_from_dataset, labels_in_spec_order, select_calibration_set
 from wbc_edge.calibration.sets import indices_for_ids
 from wbc_edge.errors import AccuracyGateError, BackendUnavailable, CalibrationError, DataError
@@ -195,6 +196,13 @@ def quantize_with_fallback(quantizer: Any, variant: str, fp32_bytes: bytes, spec
     return result, {"attempts": attempts, **result.record()}
 
 
+def state_dict_npz(model: Any) -> bytes:
+    """A state_dict as a NumPy .npz (no pickle), so a bundle can rebuild the PyTorch module."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+    return buf.getvalue()
+
+
 def export_bundle(source: ExportSource, options: ExportOptions, emit: Callable[[str], None] = LOGGER.info) -> ExportResult:
     """Run every requested step; raise AccuracyGateError (writing nothing) when a precision fails."""
     from wbc_edge.export.onnx_export import export_onnx_bytes, parity
@@ -284,6 +292,7 @@ def export_bundle(source: ExportSource, options: ExportOptions, emit: Callable[[
             files["accuracy.json"] = json.dumps(accuracy, indent=2).encode()
         if calib_manifest is not None:
             files["calibration.json"] = json.dumps(calib_manifest, indent=2).encode()
+        files[WEIGHTS_MEMBER] = state_dict_npz(source.model)
         meta = {"source_checkpoint": str(source.checkpoint), "precisions": sorted(models),
                 "kept_float": {p: r["kept_float"] for p, r in int8_records.items()}, "steps": steps.rows}
         path = write_bundle(options.out, spec, files, meta)
