@@ -132,3 +132,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tiny_bundle):
     assert main(["--model", str(tiny_bundle), "--img-size", "64", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("wbc-bench: --img-size 64") and "32" in err[-1]
+
+
+def test_harness_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, wbc_edge.bench, wbc_edge.bench.pipeline, wbc_edge.cli.bench\n"
+            "wbc_edge.cli.bench.get_args_parser()\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
