@@ -57,6 +57,9 @@ class OnnxRuntimeRunner(Runner):
         ort = _ort()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning worker threads steal the cores the pipeline's other stages need between batches
+        # (measured: end-to-end / stages-alone 1.37 -> 0.76..1.04 on 2 cores).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.intra_op_threads:
             opts.intra_op_num_threads = int(self.intra_op_threads)
         providers = ["CPUExecutionProvider"]
