@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Rebuilds the packaged demo bundle (wbc_edge/demo/demo.wbc) with the project's own pipeline:
+# the same steps as wbc-demo, on more cells and epochs. About 10-15 minutes on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-build/demo-bundle}
+.venv/bin/wbc-demo --out "$out" --cells 2000 --epochs 12 --seed 0
+mkdir -p wbc_edge/demo
+cp "$out/model.wbc" wbc_edge/demo/demo.wbc
+echo "wrote wbc_edge/demo/demo.wbc from $out/model.wbc"
