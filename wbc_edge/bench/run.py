@@ -14,7 +14,7 @@ import numpy as np
 from wbc_edge.bench.cpu import cpu_description, load_average
 from wbc_edge.bench.timing import Config, feed_call, run_interleaved
 from wbc_edge.bundle import Bundle
-from wbc_edge.errors import BundleError, SpecError, WbcError
+from wbc_edge.errors import BundleError, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +99,11 @@ def _bench_input(spec: Any, batch: int, seed: int) -> np.ndarray:
 
 def _accuracy(bundle: Bundle, runners: Sequence[tuple[str, str, Any]], data: Path) -> dict[str, Any]:
     """The export gate's evaluation on `data` for every ONNX precision, plus torch eager where it runs."""
-    from wbc_edge.calibration import inputs_from_dataset, labels_in_spec_order
-    from wbc_edge.data import open_dataset
-    from wbc_edge.export.gate import check_gate, classification_metrics, evaluate_precisions
+    from wbc_edge.export.gate import check_gate, classification_metrics, evaluate_bundle
 
     spec = bundle.spec
-    ds = open_dataset(data, classes=spec.classes)
-    idx = list(range(len(ds)))
-    if not idx:
-        raise WbcError(f"{data}: no cells to measure accuracy on")
-    inputs, labels = inputs_from_dataset(ds, idx, spec), labels_in_spec_order(ds, idx, spec)
-    report = evaluate_precisions({p: bundle.model_bytes(p) for p in bundle.precisions}, spec, inputs, labels)
+    report, inputs, labels = evaluate_bundle(bundle, data)
     check_gate(report)
-    report["data"] = str(data)
     for backend, _precision, runner in runners:
         if backend == "torch":
             probs = np.concatenate([runner.infer({spec.input_name: inputs[i : i + 64]})[spec.probs_name]

@@ -5,31 +5,25 @@ torch-free runtime and benchmarks, so importing this package must not import tor
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wbc_edge._lazy import lazy_exports
 
 _LAZY = {
-    "InferenceModel": "onnx_export",
-    "export_onnx": "onnx_export",
-    "export_onnx_bytes": "onnx_export",
-    "parity": "onnx_export",
-    "quantize_qdq": "quantize",
-    "Quantizer": "quantize",
-    "convert_fp16": "fp16",
-    "check_tensorrt_qdq": "qdq_rules",
-    "evaluate_precisions": "gate",
-    "run_gate": "gate",
-    "format_table": "gate",
-    "export_bundle": "pipeline",
-    "compare_bundle": "pipeline",
-    "ExportOptions": "pipeline",
-    "build_engine": "tensorrt",
+    "InferenceModel": "wbc_edge.export.onnx_export",
+    "export_onnx": "wbc_edge.export.onnx_export",
+    "export_onnx_bytes": "wbc_edge.export.onnx_export",
+    "parity": "wbc_edge.export.onnx_export",
+    "quantize_qdq": "wbc_edge.export.quantize",
+    "Quantizer": "wbc_edge.export.quantize",
+    "convert_fp16": "wbc_edge.export.fp16",
+    "check_tensorrt_qdq": "wbc_edge.export.qdq_rules",
+    "evaluate_precisions": "wbc_edge.export.gate",
+    "run_gate": "wbc_edge.export.gate",
+    "format_table": "wbc_edge.export.gate",
+    "export_bundle": "wbc_edge.export.pipeline",
+    "compare_bundle": "wbc_edge.export.pipeline",
+    "ExportOptions": "wbc_edge.export.pipeline",
+    "build_engine": "wbc_edge.export.tensorrt",
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"wbc_edge.export.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'wbc_edge.export' has no attribute '{name}'")
+__getattr__, __dir__ = lazy_exports("wbc_edge.export", _LAZY, globals())

@@ -137,3 +137,26 @@ def format_table(report: dict[str, Any], classes: Sequence[str]) -> str:
             f"{row['agreement_with_fp32']:7.2f} {row['max_prob_diff']:7.4f} {recalls}  {verdict}"
         )
     return "\n".join(lines)
+
+
+def dataset_inputs(data: Any, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Every cell of a labelled dataset as model inputs and labels in the spec's class order."""
+    from wbc_edge.calibration import inputs_from_dataset, labels_in_spec_order
+    from wbc_edge.data import open_dataset
+    from wbc_edge.errors import DataError
+
+    ds = open_dataset(data, classes=spec.classes)
+    idx = list(range(len(ds)))
+    if not idx:
+        raise DataError(f"{data}: no cells to evaluate on")
+    return inputs_from_dataset(ds, idx, spec), labels_in_spec_order(ds, idx, spec)
+
+
+def evaluate_bundle(bundle: Any, data: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The gate's evaluation of every precision a bundle holds, on a labelled dataset.
+
+    Returns (report, inputs, labels) so callers can score other runners on the same cells."""
+    inputs, labels = dataset_inputs(data, bundle.spec)
+    report = evaluate_precisions({p: bundle.model_bytes(p) for p in bundle.precisions}, bundle.spec, inputs, labels)
+    report["data"] = str(data)
+    return report, inputs, labels

@@ -324,17 +324,9 @@ def build_engines(bundle_path: Path, options: ExportOptions, source: ExportSourc
 
 def compare_bundle(bundle_path: Path, data: Path, max_drop: float = DEFAULT_MAX_DROP, min_agreement: float | None = None) -> dict[str, Any]:
     """`wbc-export compare`: re-run the gate on an existing bundle's precisions over a dataset."""
-    from wbc_edge.data import open_dataset
+    from wbc_edge.export.gate import evaluate_bundle
 
-    bundle = Bundle.open(bundle_path)
-    spec = bundle.spec
-    ds = open_dataset(data, classes=spec.classes)
-    idx = list(range(len(ds)))
-    if not idx:
-        raise DataError(f"{data}: no cells")
-    inputs, labels = inputs_from_dataset(ds, idx, spec), labels_in_spec_order(ds, idx, spec)
-    report = evaluate_precisions({p: bundle.model_bytes(p) for p in bundle.precisions}, spec, inputs, labels)
-    report["data"] = str(data)
+    report, _, _ = evaluate_bundle(Bundle.open(bundle_path), data)
     report["bundle"] = str(bundle_path)
     check_gate(report, max_drop, min_agreement=min_agreement)
     return report

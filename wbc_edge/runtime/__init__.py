@@ -12,8 +12,7 @@ See docs/runtime.md.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wbc_edge._lazy import lazy_exports
 
 _EXPORTS = {
     "open_source": "wbc_edge.runtime.sources",
@@ -31,16 +30,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wbc_edge.runtime' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports("wbc_edge.runtime", _EXPORTS, globals())

@@ -6,8 +6,7 @@ Importing this package stays cheap (no torch); the names below load their module
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wbc_edge._lazy import lazy_exports
 
 _LAZY = {
     "create_model": "wbc_edge.train.models",
@@ -20,9 +19,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'wbc_edge.train' has no attribute '{name}'")
+__getattr__, __dir__ = lazy_exports("wbc_edge.train", _LAZY, globals())
