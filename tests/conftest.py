@@ -1,0 +1,16 @@
+import logging
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """CLI mains call logging.basicConfig, which binds a handler to that test's captured stderr;
+    a later test would then log into a closed stream. Put the root logger back after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in root.handlers:
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
