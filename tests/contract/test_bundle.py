@@ -78,3 +78,13 @@ def test_image_io_round_trip_and_errors(tmp_path):
     (tmp_path / "trunc.png").write_bytes((tmp_path / "x.png").read_bytes()[:20])
     with pytest.raises(DataError, match="trunc.png"):
         read_image(tmp_path / "trunc.png")
+
+
+def test_atomic_write_gives_usual_permissions(tmp_path):
+    import os
+
+    target = tmp_path / "perm.bin"
+    atomic_write_bytes(target, b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
