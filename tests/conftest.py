@@ -1,6 +1,11 @@
 import logging
+import sys
+from pathlib import Path
 
 import pytest
+
+# Shared test helpers (tests/support/) import by name under --import-mode=importlib.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(autouse=True)

@@ -3,29 +3,14 @@ checks, profile, timing cache, progress, parser errors. Nothing here needs Tenso
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 
 from wbc_edge.errors import BackendUnavailable, WbcError
 from wbc_edge.export import tensorrt as trtx
+from support import trt_fakes as fakes
 from wbc_edge.spec import spec_for
 
-def _load():
-    """The shared fakes module, loaded by path (tests are imported with --import-mode=importlib)."""
-    import importlib.util
-    import sys
-
-    name = "wbc_edge_trt_test_fakes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_tensorrt_fakes.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-fakes = _load()
 
 
 @pytest.fixture(scope="module")

@@ -2,31 +2,18 @@
 bundle -> engine path on fake 10.x / 11.x TensorRT. No TensorRT or GPU needed."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import sys
 from pathlib import Path
 
 import pytest
 
 from wbc_edge.bundle import Bundle, sha256_bytes, write_bundle
 from wbc_edge.export import tensorrt as trtx
+from support import trt_fakes as fakes
 from wbc_edge.spec import spec_for
 
 
-def _load():
-    """The shared fakes module, loaded by path (tests are imported with --import-mode=importlib)."""
-    name = "wbc_edge_trt_test_fakes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_tensorrt_fakes.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-fakes = _load()
 ORIN = trtx.Target("10.3.0", "Orin", "8.7")
 KEY_PARTS = {"onnx_sha256": "ab" * 32, "trt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "precision": "fp16", "batch_range": (1, 8, 32)}
 

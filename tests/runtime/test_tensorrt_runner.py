@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,22 +14,10 @@ from wbc_edge.bundle import Bundle, write_bundle
 from wbc_edge.errors import BackendUnavailable, BundleError, SpecError
 from wbc_edge.runtime.backends import cuda_memory as cm
 from wbc_edge.runtime.backends.tensorrt import TensorRTRunner
+from support import trt_fakes as fakes
 from wbc_edge.spec import spec_for
 
 
-def _load():
-    """The shared fakes (tests/export/test_tensorrt_fakes.py), loaded by path."""
-    name = "wbc_edge_trt_test_fakes"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "export" / "test_tensorrt_fakes.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-fakes = _load()
 SPEC = spec_for("mimo", input_size=16)
 BATCHES = (1, 8, 32)
 

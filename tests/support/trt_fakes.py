@@ -4,7 +4,7 @@
 They follow the real APIs' names and signatures (TensorRT 10/11 Python API, cuda-python runtime,
 pycuda.driver) so the code under test makes the same calls it makes on a GPU host. The fake 11.x
 module has no BuilderFlag.FP16/INT8, as TensorRT 11 removed them: touching them fails the test.
-Loaded by path from the runtime tests too (see `load_fakes`). Holds no tests itself.
+Imported as `from support import trt_fakes` (tests/conftest.py puts tests/ on sys.path). Holds no tests.
 """
 from __future__ import annotations
 
@@ -12,23 +12,10 @@ import ctypes
 import importlib.machinery
 import importlib.util
 import json
-import sys
 import threading
 import types
-from pathlib import Path
 
 import numpy as np
-
-
-def load_fakes():
-    """This module, importable from any test file under --import-mode=importlib."""
-    name = "wbc_edge_trt_test_fakes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 # ---- the computation the fake engine runs ----------------------------------------------------
