@@ -9,7 +9,7 @@ from wbc_edge.spec import spec_for
 from wbc_edge.train.complexity import (
     PAPER_COMPLEXITY_224, architecture_of, complexity, complexity_rows, spec_for_method,
 )
-from wbc_edge.train.table import main_complexity
+from wbc_edge.cli.train import main_complexity
 
 # Printed figures of the paper this count differs from in the last digit. Each is a rounding quirk
 # of the paper, not of the count:

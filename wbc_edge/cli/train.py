@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from wbc_edge.errors import WbcError
+from wbc_edge.errors import DataError, WbcError
 
 SUBCOMMANDS = ("table", "complexity")
 
@@ -83,9 +84,7 @@ def config_from_args(args: argparse.Namespace):
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
-        from wbc_edge.train import table
-
-        return (table.main_table if argv[0] == "table" else table.main_complexity)(argv[1:])
+        return (main_table if argv[0] == "table" else main_complexity)(argv[1:])
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -125,6 +124,76 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run directory: {args.out}")
     return 0
 
+
+def get_table_parser() -> argparse.ArgumentParser:
+    """wbc-train's training options (one definition, shared) plus the table's own."""
+    parser = argparse.ArgumentParser(
+        prog="wbc-train table", parents=[get_args_parser(add_help=False)], conflict_handler="resolve",
+        description="Run every method of the paper's Table 1 with cross-validation and write "
+                    "RUN/table.md, RUN/table.json and RUN/plots/. Finished methods are reused.")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="subset of single:<light> late early mimo early-kd mimo-kd (default: all, in "
+                             "dependency order)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the plots")
+    # The table picks the methods itself: hide the single-method options it inherits.
+    parser.add_argument("--method", default="mimo-kd", help=argparse.SUPPRESS)
+    parser.add_argument("--list-backbones", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main_table(argv: Sequence[str] | None = None) -> int:
+    """`wbc-train table`: every Table 1 method on one dataset, then table.md/table.json/plots."""
+    args = get_table_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if not args.data or not args.out:
+            raise DataError("wbc-train table needs --data DIR and --out RUN_DIR")
+        from wbc_edge.data import open_dataset
+        from wbc_edge.train.models import check_backbone
+        from wbc_edge.train.table import render_table_md, run_table
+
+        config = config_from_args(args)  # its --method is replaced by each table method in turn
+        check_backbone(config.backbone)
+        dataset = open_dataset(args.data)
+        table = run_table(dataset, config, args.out, methods=args.methods, plots=not args.no_plots,
+                          dataset_name=str(args.data), resume=args.resume)
+    except WbcError as e:
+        print(f"wbc-train table: {e}", file=sys.stderr)
+        return 2
+    print(render_table_md(table))
+    print(f"wrote {Path(args.out) / 'table.md'} and {Path(args.out) / 'table.json'}")
+    return 0
+
+
+def main_complexity(argv: Sequence[str] | None = None) -> int:
+    """`wbc-train complexity`: Table 1's MACs and params for a backbone, without training."""
+    parser = argparse.ArgumentParser(prog="wbc-train complexity",
+                                     description="Print MACs (fvcore) and parameters of every Table 1 model.")
+    parser.add_argument("--backbone", default="shufflenet_v2_x1_0", help="backbone name (default %(default)s)")
+    parser.add_argument("--img-size", type=int, default=224, help="input size in px (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    try:
+        from wbc_edge.train.complexity import COMPLEXITY_METHODS, complexity_rows
+        from wbc_edge.train.models import check_backbone
+
+        check_backbone(args.backbone)
+        if not 16 <= args.img_size <= 4096:
+            raise DataError(f"--img-size: {args.img_size} is not in 16..4096")
+        rows = complexity_rows(args.backbone, args.img_size, methods=COMPLEXITY_METHODS)
+    except WbcError as e:
+        print(f"wbc-train complexity: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        import json
+
+        print(json.dumps({"backbone": args.backbone, "img_size": args.img_size, "rows": rows}, indent=2))
+    else:
+        from wbc_edge.train.complexity import format_complexity_table
+
+        print(format_complexity_table(rows, args.backbone, args.img_size), end="")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

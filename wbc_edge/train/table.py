@@ -7,10 +7,8 @@ folds are already finished (a killed run resumes), and writes `RUN/table.md`, `R
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,9 +17,7 @@ import numpy as np
 from wbc_edge.bundle import atomic_write_text
 from wbc_edge.errors import DataError, WbcError
 from wbc_edge.spec import CLASS_ABBREV
-from wbc_edge.train.complexity import (
-    COMPLEXITY_METHODS, complexity_rows, format_complexity_table,
-)
+from wbc_edge.train.complexity import complexity_rows
 from wbc_edge.train.config import method_dirname
 from wbc_edge.train.metrics import SCALAR_METRICS, mean_std, summarize_folds
 
@@ -401,73 +397,3 @@ def figure4(dataset, run_dir: Path, fold: int, method: str, out_png: Path, max_c
     stats = P.plot_head_confidence(predict, cells, labels, spec, out_png)
     atomic_write_text(out_png.with_suffix(".json"), json.dumps(stats, indent=2))
     return out_png
-
-
-# ---- CLIs -------------------------------------------------------------------------------------
-
-def get_table_parser() -> argparse.ArgumentParser:
-    """wbc-train's training options (one definition, shared) plus the table's own."""
-    from wbc_edge.cli.train import get_args_parser
-
-    parser = argparse.ArgumentParser(
-        prog="wbc-train table", parents=[get_args_parser(add_help=False)], conflict_handler="resolve",
-        description="Run every method of the paper's Table 1 with cross-validation and write "
-                    "RUN/table.md, RUN/table.json and RUN/plots/. Finished methods are reused.")
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help="subset of single:<light> late early mimo early-kd mimo-kd (default: all, in "
-                             "dependency order)")
-    parser.add_argument("--no-plots", action="store_true", help="skip the plots")
-    # The table picks the methods itself: hide the single-method options it inherits.
-    parser.add_argument("--method", default="mimo-kd", help=argparse.SUPPRESS)
-    parser.add_argument("--list-backbones", action="store_true", help=argparse.SUPPRESS)
-    return parser
-
-
-def main_table(argv: Sequence[str] | None = None) -> int:
-    """`wbc-train table`: every Table 1 method on one dataset, then table.md/table.json/plots."""
-    args = get_table_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if not args.data or not args.out:
-            raise DataError("wbc-train table needs --data DIR and --out RUN_DIR")
-        from wbc_edge.cli.train import config_from_args
-        from wbc_edge.data import open_dataset
-        from wbc_edge.train.models import check_backbone
-
-        config = config_from_args(args)  # its --method is replaced by each table method in turn
-        check_backbone(config.backbone)
-        dataset = open_dataset(args.data)
-        table = run_table(dataset, config, args.out, methods=args.methods, plots=not args.no_plots,
-                          dataset_name=str(args.data), resume=args.resume)
-    except WbcError as e:
-        print(f"wbc-train table: {e}", file=sys.stderr)
-        return 2
-    print(render_table_md(table))
-    print(f"wrote {Path(args.out) / 'table.md'} and {Path(args.out) / 'table.json'}")
-    return 0
-
-
-def main_complexity(argv: Sequence[str] | None = None) -> int:
-    """`wbc-train complexity`: Table 1's MACs and params for a backbone, without training."""
-    parser = argparse.ArgumentParser(prog="wbc-train complexity",
-                                     description="Print MACs (fvcore) and parameters of every Table 1 model.")
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone name (default %(default)s)")
-    parser.add_argument("--img-size", type=int, default=PAPER_SIZE, help="input size in px (default %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    try:
-        from wbc_edge.train.models import check_backbone
-
-        check_backbone(args.backbone)
-        if not 16 <= args.img_size <= 4096:
-            raise DataError(f"--img-size: {args.img_size} is not in 16..4096")
-        rows = complexity_rows(args.backbone, args.img_size, methods=COMPLEXITY_METHODS)
-    except WbcError as e:
-        print(f"wbc-train complexity: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"backbone": args.backbone, "img_size": args.img_size, "rows": rows}, indent=2))
-    else:
-        print(format_complexity_table(rows, args.backbone, args.img_size), end="")
-    return 0
