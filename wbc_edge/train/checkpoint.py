@@ -47,7 +47,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_release(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, config: dict[str, Any],
                  metrics: dict[str, Any]) -> None:
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     save_payload(path, {"state_dict": state, "spec": spec.to_dict(), "config": config, "metrics": metrics})
 
 

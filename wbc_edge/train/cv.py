@@ -23,7 +23,7 @@ from wbc_edge.train.checkpoint import load_model, save_release
 from wbc_edge.train.config import TrainConfig, method_dirname, parse_method
 from wbc_edge.train.distributed import DistContext
 from wbc_edge.train.engine import (CellArrays, EpochCallback, TeacherModel, evaluate, fit, jsonable,
-                                   plan_method)
+                                   plan_method, to_training_layout)
 from wbc_edge.train.models import LateFusion
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class FoldRunner:
             self.run(f"single:{light}")
             model, _, _ = load_model(self.fold_dir / method_dirname(f"single:{light}") / "model.pt")
             members.append(model)
-        late = LateFusion(members).to(self.device).eval()
+        late = to_training_layout(LateFusion(members).to(self.device)).eval()
         plan = plan_method(self.cfg, "late", self.arrays, self.train_idx, self.provenance("late"))
         metrics = evaluate(late, plan.x, self.arrays.labels, self.val_idx, plan.spec, self.device,
                            batch_size=self.cfg.eval_batch_size, full=True)
@@ -172,7 +172,7 @@ class FoldRunner:
             raise SpecError(f"{late_dir / 'model.pt'}: teacher lights/classes differ from the dataset's")
         for p in model.parameters():
             p.requires_grad_(False)
-        return TeacherModel(model, spec, str(late_dir / "model.pt"))
+        return TeacherModel(to_training_layout(model), spec, str(late_dir / "model.pt"))
 
 
 def run_cv(data: Any, cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True,
