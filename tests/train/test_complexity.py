@@ -7,7 +7,7 @@ import pytest
 
 from wbc_edge.spec import spec_for
 from wbc_edge.train.complexity import (
-    PAPER_COMPLEXITY_224, architecture_of, complexity, complexity_rows, spec_for_method,
+    PAPER_COMPLEXITY_224, architecture_of, complexity, complexity_rows, paper_agreement, spec_for_method,
 )
 from wbc_edge.cli.train import main_complexity
 
@@ -79,3 +79,26 @@ def test_cli_json_and_errors(capsys):
     assert main_complexity(["--backbone", "no_such_net"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no_such_net" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("backbone", sorted(PAPER_COMPLEXITY_224))
+def test_cli_table_puts_the_paper_beside_every_count(capsys, backbone):
+    assert main_complexity(["--backbone", backbone]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 6
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        method, verdict = cells[0], cells[-1]
+        paper_macs, paper_params = PAPER_COMPLEXITY_224[backbone][architecture_of(method)]
+        assert float(cells[2]) == paper_macs and float(cells[4]) == paper_params
+        assert verdict in ("exact", "last digit (paper's rounding)"), line
+    # Off-paper sizes have nothing to compare with.
+    assert main_complexity(["--backbone", backbone, "--img-size", "64"]) == 0
+    assert "paper" not in capsys.readouterr().out
+
+
+def test_paper_agreement_tells_rounding_from_a_wrong_count():
+    assert paper_agreement(147.789512, 147.79, 2) == "exact"
+    assert paper_agreement(172.175048, 172.17, 2) == "last digit"
+    assert paper_agreement(172.20, 172.17, 2) == "DIFFERS"
+    assert paper_agreement(1.2769, 1.259, 3) == "DIFFERS"
