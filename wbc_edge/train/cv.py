@@ -108,10 +108,11 @@ class FoldRunner:
     """Trains methods for one fold, building the ones a method depends on (late -> singles, KD -> late)."""
 
     def __init__(self, cfg: TrainConfig, arrays: CellArrays, run_dir: Path, fold: int, train_idx: np.ndarray,
-                 val_idx: np.ndarray, *, resume: bool, ctx: DistContext, callbacks: Sequence[EpochCallback]):
+                 val_idx: np.ndarray, *, resume: bool, ctx: DistContext, callbacks: Sequence[EpochCallback],
+                 progress: bool = True):
         self.cfg, self.arrays, self.run_dir, self.fold = cfg, arrays, Path(run_dir), fold
         self.train_idx, self.val_idx = train_idx, val_idx
-        self.resume, self.ctx, self.callbacks = resume, ctx, callbacks
+        self.resume, self.ctx, self.callbacks, self.progress = resume, ctx, callbacks, progress
         self.fold_dir = _fold_dir(run_dir, fold)
         self.device = torch.device(ctx.device if ctx.enabled else cfg.device)
 
@@ -132,7 +133,8 @@ class FoldRunner:
         if teacher is not None:
             plan.spec.provenance["teacher"] = teacher.source
         metrics = fit(self.cfg, plan, self.arrays.labels, self.train_idx, self.val_idx, method_dir, fold=self.fold,
-                      resume=self.resume, teacher=teacher, ctx=self.ctx, callbacks=self.callbacks)
+                      resume=self.resume, teacher=teacher, ctx=self.ctx, callbacks=self.callbacks,
+                      progress=self.progress)
         if self.ctx.is_main:
             atomic_write_text(self.run_dir / "spec.json", plan.spec.to_json())
         return metrics
@@ -177,11 +179,13 @@ class FoldRunner:
 
 def run_cv(data: Any, cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True,
            ctx: DistContext | None = None, callbacks: Sequence[EpochCallback] = (),
-           arrays: CellArrays | None = None) -> dict[int, dict[str, Any]]:
+           arrays: CellArrays | None = None, progress: bool = True,
+           write_config: bool = True) -> dict[int, dict[str, Any]]:
     """Run `cfg.method` on every fold of `cfg.folds_to_run`; returns {fold: metrics}.
 
     `data` is a dataset path or an opened `wbc_edge.data` dataset; `arrays` may pass a preloaded stack.
-    `resume=False` refuses to continue a method that an interrupted run left half-done.
+    `resume=False` refuses to continue a method that an interrupted run left half-done. `progress`
+    shows per-batch bars; `write_config=False` leaves RUN/config.json to the caller (parallel workers).
     """
     cfg.validate()
     if cfg.threads:
@@ -195,7 +199,7 @@ def run_cv(data: Any, cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: b
             data = open_dataset(data)
         arrays = load_arrays(data, cfg.img_size)
     parse_method(cfg.method, arrays.modalities)
-    if ctx.is_main:
+    if ctx.is_main and write_config:
         atomic_write_text(run_dir / "config.json", cfg.to_json())
     folds = make_folds(arrays.labels, arrays.groups, cfg.folds, cfg.seed)
     results: dict[int, dict[str, Any]] = {}
@@ -203,7 +207,8 @@ def run_cv(data: Any, cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: b
         train_idx, val_idx = folds[k]
         write_or_check_split(run_dir, k, arrays, train_idx, val_idx, ctx.is_main)
         ctx.barrier()
-        runner = FoldRunner(cfg, arrays, run_dir, k, train_idx, val_idx, resume=resume, ctx=ctx, callbacks=callbacks)
+        runner = FoldRunner(cfg, arrays, run_dir, k, train_idx, val_idx, resume=resume, ctx=ctx, callbacks=callbacks,
+                            progress=progress)
         results[k] = runner.run(cfg.method)
         log.info("fold %d %s: accuracy %.4f weighted F1 %.4f", k, cfg.method,
                  results[k].get("accuracy") or float("nan"), results[k].get("weighted_f1") or float("nan"))

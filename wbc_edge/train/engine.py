@@ -350,7 +350,8 @@ def method_seed(cfg: TrainConfig, method_name: str, fold: int) -> int:
 
 def fit(cfg: TrainConfig, plan: MethodPlan, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
         method_dir: Path, *, fold: int = 0, resume: bool = False, teacher: TeacherModel | None = None,
-        ctx: DistContext | None = None, callbacks: Sequence[EpochCallback] = ()) -> dict[str, Any]:
+        ctx: DistContext | None = None, callbacks: Sequence[EpochCallback] = (),
+        progress: bool = True) -> dict[str, Any]:
     """Train `plan` on `train_idx`, checkpoint every epoch, release `model.pt` with its metrics."""
     ctx = ctx or DistContext(device=cfg.device)
     method_dir = Path(method_dir)
@@ -391,7 +392,7 @@ def fit(cfg: TrainConfig, plan: MethodPlan, labels: np.ndarray, train_idx: np.nd
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(train_model, plan, labels, sampler.batches(), optimizer, scheduler, scaler, cfg,
                                    device, augment=augment, teacher=teacher,
-                                   desc=f"fold{fold} {plan.name} {epoch + 1}/{cfg.epochs}", show_progress=ctx.is_main))
+                                   desc=f"fold{fold} {plan.name} {epoch + 1}/{cfg.epochs}", show_progress=progress and ctx.is_main))
         sync_buffers(model, ctx)
         val = evaluate(model, plan.x, labels, np.asarray(val_idx), plan.spec, device,
                        batch_size=cfg.eval_batch_size, full=False)

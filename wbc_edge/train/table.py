@@ -279,6 +279,13 @@ def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] 
     folds = list(base_config.folds_to_run)
     arrays = None
     per_method: dict[str, list[dict[str, Any]]] = {}
+    todo = [m for m in methods if finished_folds(run_dir, m, folds) is None]
+    if todo and run_cv is None and base_config.jobs > 1:
+        from wbc_edge.train.cv import load_arrays
+        from wbc_edge.train.parallel import run_parallel
+
+        arrays = load_arrays(dataset, base_config.img_size)
+        run_parallel(arrays, base_config, run_dir, todo, jobs=base_config.jobs, resume=resume)
     for method in methods:
         done = finished_folds(run_dir, method, folds)
         if done is not None:
