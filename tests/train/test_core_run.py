@@ -136,6 +136,6 @@ def test_bad_method_and_bad_data_are_one_line_cli_errors(synth_cells, tmp_path, 
     assert "single:uv" in capsys.readouterr().err
     assert main(["--data", str(synth_cells), "--out", str(tmp_path / "r"), "--backbone", "vgg"]) == 2
     assert "resnet34" in capsys.readouterr().err
-    assert main(["--data", str(synth_cells), "--out", str(tmp_path / "r"), "--jobs", "0"]) == 2
+    assert main(["--data", str(synth_cells), "--out", str(tmp_path / "r"), "--jobs", "-1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'jobs'" in err and "\n" not in err

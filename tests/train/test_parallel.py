@@ -23,6 +23,20 @@ def test_task_graph_with_teachers_from_another_run_trains_only_the_student():
     assert task_graph(["mimo-kd"], [1], MODALITIES, external_teachers=True) == {("mimo-kd", 1): set()}
 
 
+def test_auto_jobs(monkeypatch):
+    import wbc_edge.train.parallel as P
+    from wbc_edge.train.config import TrainConfig
+
+    monkeypatch.setattr(P, "usable_cpus", lambda: 2)
+    assert P.resolve_jobs(TrainConfig(), n_tasks=12) == 2
+    assert P.resolve_jobs(TrainConfig(), n_tasks=1) == 1  # one training: in process, no workers
+    assert P.resolve_jobs(TrainConfig(device="cuda"), n_tasks=12) == 1
+    assert P.resolve_jobs(TrainConfig(jobs=3), n_tasks=12, distributed=True) == 1
+    monkeypatch.setattr(P, "usable_cpus", lambda: 64)
+    assert P.resolve_jobs(TrainConfig(), n_tasks=12) == P.MAX_AUTO_JOBS
+    assert P.resolve_jobs(TrainConfig(jobs=6), n_tasks=12) == 6
+
+
 @pytest.mark.slow
 def test_two_jobs_give_the_results_of_one(tmp_path):
     """Every training is seeded from (seed, fold, method): two worker processes reproduce the sequential
@@ -35,7 +49,7 @@ def test_two_jobs_give_the_results_of_one(tmp_path):
                        "--class-mix", "balanced"]) == 0
     common = ["--data", str(data), "--method", "mimo-kd", "--folds", "2", "--epochs", "1", "--img-size", "32",
               "--batch-size", "8", "--threads", "1"]
-    assert train_main(common + ["--out", str(tmp_path / "seq")]) == 0
+    assert train_main(common + ["--out", str(tmp_path / "seq"), "--jobs", "1"]) == 0
     assert train_main(common + ["--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
     for fold in (0, 1):
         for method in ("single-color2", "late", "mimo-kd"):

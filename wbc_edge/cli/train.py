@@ -63,8 +63,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per training (default: torch's choice; with --jobs: cores / jobs)")
     p.add_argument("--jobs", type=int, default=d.jobs,
-                   help="trainings (method x fold) run side by side in worker processes; on a CPU 2 beats 1 "
-                        "even on 2 cores (default %(default)s)")
+                   help="trainings (method x fold) run side by side in worker processes (default 0: one per "
+                        "core up to 4 on a CPU, 1 on CUDA; 1: one after the other in this process)")
     p.add_argument("--resume", action="store_true", help="continue a method an interrupted run left half-done")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -101,7 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.data or not args.out:
             raise WbcError("wbc-train needs --data DIR and --out RUN_DIR (or --list-backbones)")
         cfg = config_from_args(args)
-        from wbc_edge.train.cv import run_cv
         from wbc_edge.train.distributed import init_distributed, shutdown
         from wbc_edge.train.models import check_backbone
 
@@ -115,10 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise BackendUnavailable("--device cuda: no CUDA device visible to torch")
         ctx = init_distributed(cfg.device)
         try:
-            if cfg.jobs > 1:
-                results = _run_jobs(args.data, cfg, args.out, args.resume, ctx)
-            else:
-                results = run_cv(args.data, cfg, args.out, resume=args.resume, ctx=ctx)
+            results = _train(args.data, cfg, args.out, args.resume, ctx)
         finally:
             shutdown(ctx)
     except WbcError as e:
@@ -132,16 +128,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _run_jobs(data: str, cfg, out: str, resume: bool, ctx) -> dict:
-    """One method's folds (and the teachers they need) on `cfg.jobs` worker processes."""
-    if ctx.enabled:
-        raise WbcError("--jobs runs trainings side by side in one process tree; under torchrun use --jobs 1")
+def _train(data: str, cfg, out: str, resume: bool, ctx) -> dict:
+    """One method's folds (and the teachers they need): side by side on worker processes when
+    `--jobs` (or auto) allows more than one, else in this process (also every torchrun rank)."""
     from wbc_edge.data import open_dataset
-    from wbc_edge.train.cv import load_arrays
-    from wbc_edge.train.parallel import run_parallel
+    from wbc_edge.train.cv import load_arrays, run_cv
+    from wbc_edge.train.parallel import pending_tasks, resolve_jobs, run_parallel
 
-    arrays = load_arrays(open_dataset(data), cfg.img_size)
-    done = run_parallel(arrays, cfg, out, [cfg.method], jobs=cfg.jobs, resume=resume)
+    if ctx.enabled and cfg.jobs > 1:
+        raise WbcError("--jobs runs trainings side by side in one process tree; under torchrun leave it out")
+    dataset = open_dataset(data)
+    n_tasks = pending_tasks(out, [cfg.method], cfg.folds_to_run, dataset.modalities, bool(cfg.teachers))
+    jobs = resolve_jobs(cfg, n_tasks, distributed=ctx.enabled)
+    if jobs == 1:
+        return run_cv(dataset, cfg, out, resume=resume, ctx=ctx)
+    done = run_parallel(load_arrays(dataset, cfg.img_size), cfg, out, [cfg.method], jobs=jobs, resume=resume)
     return {fold: metrics for (method, fold), metrics in done.items() if method == cfg.method}
 
 

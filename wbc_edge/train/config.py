@@ -38,7 +38,7 @@ class TrainConfig:
     img_size: int = 64
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 4e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
@@ -58,7 +58,7 @@ class TrainConfig:
     device: str = "cpu"
     num_workers: int = 1  # batches prepared ahead by one background thread (0: in the training loop)
     threads: int | None = None  # torch intra-op threads (None: torch's default; with jobs > 1: cores // jobs)
-    jobs: int = 1  # trainings (method x fold) run side by side in worker processes
+    jobs: int = 0  # trainings (method x fold) side by side in worker processes; 0: auto (parallel.resolve_jobs)
     teachers: str | None = None  # run dir holding late-fusion teachers (default: the output run dir)
     pretrained_weights: str | None = None
     eval_batch_size: int = 128
@@ -86,8 +86,8 @@ class TrainConfig:
             raise bad("kd_temperature", f"must be > 0, got {self.kd_temperature}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise bad("device", f"'{self.device}' is not cpu or cuda[:N]")
-        if self.jobs < 1:
-            raise bad("jobs", f"must be >= 1, got {self.jobs}")
+        if self.jobs < 0:
+            raise bad("jobs", f"must be >= 0 (0: automatic), got {self.jobs}")
         if self.img_size < 16:
             raise bad("img_size", f"must be >= 16, got {self.img_size}")
 

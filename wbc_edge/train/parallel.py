@@ -41,6 +41,25 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+MAX_AUTO_JOBS = 4
+
+
+def resolve_jobs(cfg: TrainConfig, n_tasks: int, distributed: bool = False) -> int:
+    """How many trainings to run side by side: `cfg.jobs`, or for 0 (auto) one per core up to
+    MAX_AUTO_JOBS on a CPU and one on CUDA or under torchrun; never more than there are trainings."""
+    if distributed or (cfg.device.startswith("cuda") and cfg.jobs == 0):
+        return 1
+    jobs = cfg.jobs or min(MAX_AUTO_JOBS, usable_cpus())
+    return max(1, min(jobs, n_tasks))
+
+
+def pending_tasks(run_dir: str | os.PathLike, methods: Sequence[str], folds: Sequence[int],
+                  modalities: Sequence[str], external_teachers: bool = False) -> int:
+    """How many trainings `methods` on `folds` still need in `run_dir` (teachers included)."""
+    graph = task_graph(methods, folds, modalities, external_teachers)
+    return sum(not _finished(Path(run_dir), t) for t in graph)
+
+
 def method_needs(method: str, modalities: Sequence[str], external_teachers: bool) -> list[str]:
     """The methods that must be finished (same fold) before `method` can train."""
     spec_method, _, uses_kd = parse_method(method, tuple(modalities))
