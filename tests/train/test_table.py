@@ -177,6 +177,9 @@ def test_real_small_table_run(tmp_path, capsys, one_torch_thread):
     assert set(fig4["conditions"]) == {"all lights", "only fluorescent", "only color1", "only color2", "only color3"}
     md = (run / "table.md").read_text()
     assert "| color1 only |" in md and "| MM-MIMO |" in md and "MM-MIMO beats early fusion: **not tested**" in md
+    missing = table["methods"]["mimo"]["missing_light"]
+    assert set(missing) == {"fluorescent", "color1", "color2", "color3"} and 0 <= missing["color2"]["mean"] <= 1
+    assert "| method | all lights | no fluorescent |" in md and "Recipe: lr 0.004, batch_size 16" in md
 
     model = run / "folds" / "fold0" / "mimo" / "model.pt"
     before = model.stat().st_mtime_ns

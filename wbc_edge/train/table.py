@@ -165,6 +165,13 @@ def _cell(stat: Mapping[str, Any] | None) -> str:
     return f"{100 * stat['mean']:.2f} ± {100 * (stat.get('std') or 0.0):.2f}"
 
 
+def _in_light_order(table: Mapping[str, Any], names) -> list[str]:
+    """Light names in the dataset's light order (the JSON files sort their keys), others after."""
+    names = list(dict.fromkeys(names))
+    order = {light: i for i, light in enumerate(table.get("lights") or [])}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+
 def render_table_md(table: Mapping[str, Any]) -> str:
     """Markdown in the Table 1 layout from the dict `build_table` returns."""
     size = table["img_size"]
@@ -200,13 +207,30 @@ def render_table_md(table: Mapping[str, Any]) -> str:
 
     independent = {m: row["head_independence"] for m, row in methods.items() if row.get("head_independence")}
     if independent:
-        heads = list(dict.fromkeys(h for rows in independent.values() for h in rows))
+        heads = _in_light_order(table, (h for rows in independent.values() for h in rows))
         lines += ["", "Head independence: accuracy (%) of head k when only light k is given (other slots at the "
                   "missing fill), mean ± std over folds:", "",
                   "| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
         for m, rows in independent.items():
             lines.append(f"| {method_label(m)} | " + " | ".join(_cell((rows.get(h) or {}).get("accuracy"))
                                                               for h in heads) + " |")
+
+    missing = {m: row["missing_light"] for m, row in methods.items() if row.get("missing_light")}
+    if missing:
+        lights = _in_light_order(table, (k for rows in missing.values() for k in rows))
+        lines += ["", "One light missing at run time: accuracy (%) with that light blanked (missing fill) and the "
+                  "present lights' heads averaged, mean ± std over folds; all lights for comparison:", "",
+                  "| method | all lights | " + " | ".join(f"no {k}" for k in lights) + " |",
+                  "|---|---:|" + "---:|" * len(lights)]
+        for m, rows in missing.items():
+            lines.append(f"| {method_label(m)} | {_cell(methods[m]['summary'].get('accuracy'))} | "
+                         + " | ".join(_cell(rows.get(k)) for k in lights) + " |")
+
+    recipe = table.get("recipe")
+    if recipe:
+        lines += ["", "Recipe: " + ", ".join(f"{k} {v}" for k, v in recipe.items()) + ". MM-MIMO rows train "
+                  f"on batch_repetition x the rows per epoch, so {recipe.get('batch_repetition', 1)}x the "
+                  "optimizer steps of the other rows at the same epochs."]
 
     lines += ["", "## The paper's claims on this run", ""]
     mark = {True: "holds", False: "does NOT hold", None: "not tested"}
@@ -229,9 +253,23 @@ def summarize_head_independence(per_fold: Sequence[Mapping[str, Any]]) -> dict[s
             for h in heads}
 
 
+def summarize_missing_light(per_fold: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Mean +- std over folds of the accuracy with each light missing (the CV's `missing_light_accuracy`)."""
+    rows = [m["missing_light_accuracy"] for m in per_fold if m.get("missing_light_accuracy")]
+    if not rows:
+        return None
+    lights = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: mean_std([r.get(k) for r in rows]) for k in lights}
+
+
+RECIPE_FIELDS = ("lr", "batch_size", "randaugment_n", "randaugment_m", "rho", "batch_repetition", "light_dropout",
+                 "kd_temperature", "kd_alpha", "seed")
+
+
 def build_table(fold_metrics: Mapping[str, Sequence[Mapping[str, Any]]], *, backbone: str, img_size: int,
                 folds: int, classes: Sequence[str], complexity: Mapping[str, Mapping[str, Any]] | None = None,
-                dataset: str | None = None, epochs: int | None = None) -> dict[str, Any]:
+                dataset: str | None = None, epochs: int | None = None,
+                recipe: Mapping[str, Any] | None = None, lights: Sequence[str] | None = None) -> dict[str, Any]:
     """The table's JSON: per method the fold metrics, their summary and complexity; then the claims.
 
     `complexity` maps method -> {"run": {"macs", "params"}, "paper": {"macs", "params"}} (either optional).
@@ -244,11 +282,14 @@ def build_table(fold_metrics: Mapping[str, Sequence[Mapping[str, Any]]], *, back
         independence = summarize_head_independence(per_fold)
         if independence:
             methods[method]["head_independence"] = independence
+        missing = summarize_missing_light(per_fold)
+        if missing:
+            methods[method]["missing_light"] = missing
     summaries = {m: row["summary"] for m, row in methods.items()}
     macs = {m: (row["complexity"].get("paper") or row["complexity"].get("run") or {}).get("macs")
             for m, row in methods.items()}
     return {"backbone": backbone, "img_size": img_size, "folds": folds, "epochs": epochs, "dataset": dataset,
-            "classes": list(classes), "methods": methods,
+            "recipe": dict(recipe or {}), "classes": list(classes), "lights": list(lights or []), "methods": methods,
             "claims": check_claims(summaries, {m: v for m, v in macs.items() if v})}
 
 
@@ -313,7 +354,8 @@ def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] 
     cx = table_complexity(methods, base_config.backbone, base_config.img_size, dataset.modalities)
     table = build_table(per_method, backbone=base_config.backbone, img_size=base_config.img_size,
                         folds=base_config.folds, classes=dataset.classes, complexity=cx,
-                        dataset=dataset_name, epochs=base_config.epochs)
+                        dataset=dataset_name, epochs=base_config.epochs,
+                        recipe={k: getattr(base_config, k) for k in RECIPE_FIELDS}, lights=dataset.modalities)
     table["folds_run"] = folds
     if plots:
         table["plots"] = write_table_plots(table, dataset, run_dir, folds, arrays=arrays)
