@@ -94,3 +94,21 @@ def test_ranks_share_the_epoch_without_overlap():
 def test_bad_knobs_are_refused(kw):
     with pytest.raises(ValueError):
         MimoBatchSampler(np.arange(10), n_slots=4, batch_size=4, **kw)
+
+
+def test_solo_rows_keep_one_light_each_and_leave_other_draws_alone():
+    def batches(solo: float):
+        return MimoBatchSampler(np.arange(400), n_slots=4, batch_size=40, input_repetition=0.5, batch_repetition=2,
+                                light_dropout=0.1, solo_rows=solo, seed=3).batches()
+
+    plain, solo = batches(0.0), batches(0.25)
+    for a, b in zip(plain, solo):
+        assert np.array_equal(a.index, b.index)  # cell draws are the same; only blanking is added
+        kept = (~b.dropped).sum(axis=1)
+        assert (kept >= 1).all()
+        one_light = kept == 1
+        assert one_light.sum() >= round(0.25 * len(kept))  # the solo rows (and dropout's rare 1-light rows)
+        changed = (a.dropped != b.dropped).any(axis=1)
+        assert one_light[changed].all()  # only rows made solo differ
+    kept_slot = np.concatenate([np.argmin(b.dropped, axis=1)[(~b.dropped).sum(axis=1) == 1] for b in solo])
+    assert (np.bincount(kept_slot, minlength=4) > 20).all()  # every light gets solo rows

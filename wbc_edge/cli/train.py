@@ -52,6 +52,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--rho", type=float, default=d.rho, help="MIMO input repetition (default %(default)s)")
     p.add_argument("--batch-repetition", type=int, default=d.batch_repetition, help="MIMO (default %(default)s)")
     p.add_argument("--light-dropout", type=float, default=d.light_dropout, help="MIMO (default %(default)s)")
+    p.add_argument("--solo-rows", type=float, default=d.solo_rows,
+                   help="MIMO: fraction of rows that keep one light only (default %(default)s)")
     p.add_argument("--kd-temperature", type=float, default=d.kd_temperature, help="default %(default)s")
     p.add_argument("--kd-alpha", type=float, default=d.kd_alpha, help="KD weight (default %(default)s)")
     p.add_argument("--randaugment", type=int, nargs=2, metavar=("N", "M"),
@@ -77,7 +79,7 @@ def config_from_args(args: argparse.Namespace):
                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       warmup_epochs=args.warmup_epochs, seed=args.seed, folds=args.folds,
                       fold_subset=args.fold_subset, rho=args.rho, batch_repetition=args.batch_repetition,
-                      light_dropout=args.light_dropout, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
+                      light_dropout=args.light_dropout, solo_rows=args.solo_rows, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
                       randaugment_n=args.randaugment[0], randaugment_m=args.randaugment[1], amp=not args.no_amp,
                       device=args.device, num_workers=args.num_workers, threads=args.threads, jobs=args.jobs,
                       teachers=args.teachers, pretrained_weights=args.pretrained_weights)

@@ -49,6 +49,7 @@ class TrainConfig:
     rho: float = 0.5
     batch_repetition: int = 2
     light_dropout: float = 0.1
+    solo_rows: float = 0.0  # fraction of MIMO rows that keep one light only
     # knowledge distillation
     kd_temperature: float = 4.0
     kd_alpha: float = 1.0
@@ -82,6 +83,8 @@ class TrainConfig:
             raise bad("batch_repetition", f"must be in 1..batch_size, got {self.batch_repetition}")
         if not 0.0 <= self.light_dropout < 1.0:
             raise bad("light_dropout", f"must be in [0, 1), got {self.light_dropout}")
+        if not 0.0 <= self.solo_rows <= 1.0:
+            raise bad("solo_rows", f"must be in [0, 1], got {self.solo_rows}")
         if self.kd_temperature <= 0:
             raise bad("kd_temperature", f"must be > 0, got {self.kd_temperature}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -92,6 +92,7 @@ class MethodPlan:
     rho: float
     batch_repetition: int
     light_dropout: float
+    solo_rows: float
     head_labels_per_slot: bool  # True for MIMO: head k's label is slot k's cell
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -123,9 +124,10 @@ def plan_method(cfg: TrainConfig, method_name: str, arrays: CellArrays, train_id
     spec = spec_for(spec_method, tuple(lights), classes=tuple(arrays.classes), backbone=cfg.backbone,
                     input_size=int(x.shape[-1]), mean=mean, std=std, provenance=dict(provenance or {}))
     if spec_method == "mimo":
-        return MethodPlan(method_name, spec, x, len(lights), cfg.rho, cfg.batch_repetition, cfg.light_dropout, True)
+        return MethodPlan(method_name, spec, x, len(lights), cfg.rho, cfg.batch_repetition, cfg.light_dropout,
+                          cfg.solo_rows, True)
     # single and early: every slot holds the same cell (early fusion is the paper's baseline: no dropout).
-    return MethodPlan(method_name, spec, x, len(lights), 1.0, 1, 0.0, False)
+    return MethodPlan(method_name, spec, x, len(lights), 1.0, 1, 0.0, 0.0, False)
 
 
 def _normaliser(spec: ModelSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,6 +363,7 @@ def fit(cfg: TrainConfig, plan: MethodPlan, labels: np.ndarray, train_idx: np.nd
     model = to_training_layout(create_model(plan.spec, cfg.pretrained_weights).to(device))
     sampler = MimoBatchSampler(np.asarray(train_idx), plan.n_slots, cfg.batch_size, input_repetition=plan.rho,
                                batch_repetition=plan.batch_repetition, light_dropout=plan.light_dropout,
+                               solo_rows=plan.solo_rows,
                                seed=seed, rank=ctx.rank, world_size=ctx.world_size)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(sampler))

@@ -7,7 +7,9 @@ Havasi et al., plus light dropout):
   fusion with several heads, rho = 0 the paper's independent slots);
 - `batch_repetition` r: each cell of a batch appears r times, in different slot combinations; an epoch
   still visits every training cell once as a "unique" cell, so it has r times more rows;
-- `light_dropout` p: each slot is blanked with probability p (at least one slot per row stays).
+- `light_dropout` p: each slot is blanked with probability p (at least one slot per row stays);
+- `solo_rows` s: this fraction of the rows keeps exactly one slot (drawn uniformly), the others blanked:
+  head k then learns from light k alone, which is what it has to do when the other lights are missing.
 Everything derives from (seed, epoch), so an epoch's batches are the same after a resume, and every
 DDP rank computes the same global list and takes its own share.
 """
@@ -28,7 +30,7 @@ class MimoBatchSampler:
     """Seeded training batches of slot assignments over `pool` (positions into the preloaded stack)."""
 
     def __init__(self, pool: np.ndarray, n_slots: int, batch_size: int, *, input_repetition: float = 0.0,
-                 batch_repetition: int = 1, light_dropout: float = 0.0, seed: int = 0,
+                 batch_repetition: int = 1, light_dropout: float = 0.0, solo_rows: float = 0.0, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True) -> None:
         if not 0.0 <= input_repetition <= 1.0:
             raise ValueError(f"input_repetition must be in [0, 1], got {input_repetition}")
@@ -36,12 +38,15 @@ class MimoBatchSampler:
             raise ValueError(f"batch_repetition must be in 1..batch_size, got {batch_repetition}")
         if not 0.0 <= light_dropout < 1.0:
             raise ValueError(f"light_dropout must be in [0, 1), got {light_dropout}")
+        if not 0.0 <= solo_rows <= 1.0:
+            raise ValueError(f"solo_rows must be in [0, 1], got {solo_rows}")
         self.pool = np.asarray(pool, dtype=np.int64)
         self.n_slots = n_slots
         self.batch_size = batch_size
         self.input_repetition = input_repetition
         self.batch_repetition = batch_repetition
         self.light_dropout = light_dropout
+        self.solo_rows = solo_rows
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -57,6 +62,7 @@ class MimoBatchSampler:
 
     def _global_batches(self) -> list[SlotBatch]:
         rng = np.random.default_rng([self.seed, self.epoch])
+        solo_rng = np.random.default_rng([self.seed, self.epoch, 1])  # its own stream: rng's draws stay the same
         order = self.pool[rng.permutation(len(self.pool))]
         u = self.unique_per_batch
         n = len(order) // u if self.drop_last else -(-len(order) // u)
@@ -77,6 +83,11 @@ class MimoBatchSampler:
                 all_gone = dropped.all(axis=1)
                 keep = rng.integers(0, self.n_slots, size=rows)
                 dropped[all_gone, keep[all_gone]] = False
+            n_solo = int(round(self.solo_rows * rows)) if self.n_slots > 1 else 0
+            if n_solo:
+                solo = solo_rng.choice(rows, n_solo, replace=False)
+                dropped[solo] = True
+                dropped[solo, solo_rng.integers(0, self.n_slots, size=n_solo)] = False
             batches.append(SlotBatch(index, dropped))
         return batches
 
