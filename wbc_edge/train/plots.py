@@ -179,7 +179,8 @@ def plot_head_confidence(predict: Callable[[np.ndarray], np.ndarray], cells_uint
         ax.set_ylim(-0.02, 1.02)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("probability of the true class")
-    fig.suptitle(f"Per-head confidence ({spec.method}, {spec.backbone}, {len(labels)} cells; "
+    method = (spec.provenance or {}).get("method_name", spec.method)  # 'mimo-kd', not the network's 'mimo'
+    fig.suptitle(f"Per-head confidence ({method}, {spec.backbone}, {len(labels)} cells; "
                  "orange = the head of the light given)")
     _save(fig, out_png)
     return result
