@@ -61,3 +61,21 @@ def test_two_jobs_give_the_results_of_one(tmp_path):
     before = model.stat().st_mtime_ns
     assert train_main(common + ["--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
     assert model.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_a_failing_worker_stops_the_run_with_its_one_line_error(tmp_path, capsys):
+    from wbc_edge.cli.synth import main as synth_main
+    from wbc_edge.cli.train import main as train_main
+
+    data = tmp_path / "data"
+    assert synth_main(["cells", "-q", "--out", str(data), "--n", "20", "--seed", "4", "--size", "32",
+                       "--class-mix", "balanced"]) == 0
+    capsys.readouterr()
+    rc = train_main(["--data", str(data), "--method", "mimo-kd", "--teachers", str(tmp_path / "no-teachers"),
+                     "--folds", "2", "--epochs", "1", "--img-size", "32", "--batch-size", "8", "--jobs", "2",
+                     "--out", str(tmp_path / "run")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("wbc-train: ") and "no-teachers" in err[-1]
+    assert not list((tmp_path / "run").glob(".cells-*"))

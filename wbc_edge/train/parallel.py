@@ -179,6 +179,12 @@ def run_parallel(arrays, cfg: TrainConfig, run_dir: str | os.PathLike, methods: 
                     bar.update(1)
                     log.info("fold %d %s: accuracy %.4f weighted F1 %.4f", task[1], task[0],
                              metrics.get("accuracy") or float("nan"), metrics.get("weighted_f1") or float("nan"))
+        except BaseException:
+            # A failed training or Ctrl-C: stop the others now rather than after their last epoch. Their
+            # last.pt (written atomically each epoch) lets the same command resume them.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            raise
         finally:
             bar.close()
             pool.shutdown(wait=True, cancel_futures=True)
