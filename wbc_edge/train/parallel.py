@@ -112,7 +112,7 @@ def _init_worker(stack_path: str, meta: dict[str, Any], threads: int, log_level:
 
     logging.basicConfig(level=log_level, format=f"%(asctime)s worker{os.getpid()} %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
-    _WORKER["arrays"] = CellArrays(x=np.load(stack_path, mmap_mode="r"), **meta)
+    _WORKER["arrays"] = CellArrays(x=np.load(stack_path, mmap_mode="r", allow_pickle=False), **meta)
 
 
 def _train(config: dict[str, Any], run_dir: str, resume: bool) -> dict[str, Any]:
