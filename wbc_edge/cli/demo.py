@@ -47,6 +47,8 @@ def steps(a: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
         ("stream the simulated four-light camera", "wbc_edge.cli.run",
          [f"synthetic://?seed={a.seed + 101}", "--model", str(bundle), "--max-cells", str(a.max_cells),
           "--out", str(out / "results.jsonl"), "--report", str(out / "report.html")]),
+        ("score the count against the simulated sample's truth", "wbc_edge.cli.synth",
+         ["score", str(out / "results.jsonl")]),
     ]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -31,12 +32,27 @@ def get_parser() -> argparse.ArgumentParser:
     frames.add_argument("--height", type=int, default=480)
     frames.add_argument("--fps", type=float, default=30.0)
     frames.add_argument("--no-video", action="store_true", help="write the frame folder only")
+
+    score = sub.add_parser("score", help="score a wbc-run results file against the synthetic ground truth of its source")
+    score.add_argument("results", help="results.jsonl written by wbc-run on synthetic:// or a wbc-synth frames folder/video")
+    score.add_argument("--json", action="store_true", help="print the score as JSON")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from wbc_edge.synth import CROP_PX, write_cells, write_frames
 
+    if args.command == "score":
+        from wbc_edge.runtime.score import score_results
+
+        result = score_results(args.results)
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+        else:
+            print(f"{args.results} against the truth of {result.source}")
+            print(result.summary())
+            print(result.table())
+        return 0
     if args.command == "cells":
         manifest = write_cells(args.out, n=args.n, seed=args.seed, size=args.size or CROP_PX, class_mix=args.class_mix,
                                n_groups=args.groups, progress=not args.quiet)
@@ -58,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wbc-synth: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"wbc-synth: {getattr(e, 'filename', None) or args.out}: {e.strerror or e}", file=sys.stderr)
+        print(f"wbc-synth: {getattr(e, 'filename', None) or getattr(args, 'out', None) or args.results}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -283,7 +283,7 @@ class LightCycleAssembler:
                 self._carry_flags.add("relocked")
             self._was_locked = True
             log.info("locked onto the light cycle after %d frame(s): %s", len(pending),
-                     ", ".join(f"{k}={np.round(v, 1).tolist()}" for k, v in self.signatures.items()))
+                     ", ".join(f"{k}={[round(float(x), 1) for x in v]}" for k, v in self.signatures.items()))
             replay, self._pending = pending, []
             self._replaying = True
             try:
