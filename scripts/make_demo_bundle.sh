@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuilds the packaged demo bundle (wbc_edge/demo/demo.wbc) with the project's own pipeline:
-# the same steps as wbc-demo, on more cells and epochs. About 10-15 minutes on 2 CPU cores.
+# the same steps as wbc-demo, on more cells and epochs. About 6 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/demo-bundle}
