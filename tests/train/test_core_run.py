@@ -56,7 +56,15 @@ def test_cli_fold_run_writes_the_run_directory(synth_cells, tmp_path, capsys):
     assert len(list(csv.DictReader(open(method_dir / "history.csv")))) == 1
     assert json.loads((run / "config.json").read_text())["light_dropout"] == 0.25
     assert json.loads((run / "spec.json").read_text())["method"] == "mimo"
-    assert "fold 0 mimo" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "fold 0 mimo" in captured.out and "fold0 mimo 1/1" in captured.err  # the epoch's progress bar
+
+    quiet = tmp_path / "quiet"
+    assert main(["--data", str(synth_cells), "--method", "single:color1", "--backbone", "shufflenet_v2_x0_5",
+                 "--folds", "4", "--fold-subset", "0", "--epochs", "1", "--img-size", "32", "--out", str(quiet),
+                 "--threads", "1", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "fold 0 single:color1" in captured.out and "1/1" not in captured.err
 
 
 class Killed(Exception):

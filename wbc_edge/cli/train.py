@@ -69,6 +69,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "core up to 4 on a CPU, 1 on CUDA; 1: one after the other in this process)")
     p.add_argument("--resume", action="store_true", help="continue a method an interrupted run left half-done")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (logs and results still print)")
     return p
 
 
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise BackendUnavailable("--device cuda: no CUDA device visible to torch")
         ctx = init_distributed(cfg.device)
         try:
-            results = _train(args.data, cfg, args.out, args.resume, ctx)
+            results = _train(args.data, cfg, args.out, args.resume, ctx, progress=not args.quiet)
         finally:
             shutdown(ctx)
     except WbcError as e:
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _train(data: str, cfg, out: str, resume: bool, ctx) -> dict:
+def _train(data: str, cfg, out: str, resume: bool, ctx, progress: bool = True) -> dict:
     """One method's folds (and the teachers they need): side by side on worker processes when
     `--jobs` (or auto) allows more than one, else in this process (also every torchrun rank)."""
     from wbc_edge.data import open_dataset
@@ -143,8 +144,9 @@ def _train(data: str, cfg, out: str, resume: bool, ctx) -> dict:
     n_tasks = pending_tasks(out, [cfg.method], cfg.folds_to_run, dataset.modalities, bool(cfg.teachers))
     jobs = resolve_jobs(cfg, n_tasks, distributed=ctx.enabled)
     if jobs == 1:
-        return run_cv(dataset, cfg, out, resume=resume, ctx=ctx)
-    done = run_parallel(load_arrays(dataset, cfg.img_size), cfg, out, [cfg.method], jobs=jobs, resume=resume)
+        return run_cv(dataset, cfg, out, resume=resume, ctx=ctx, progress=progress)
+    done = run_parallel(load_arrays(dataset, cfg.img_size), cfg, out, [cfg.method], jobs=jobs, resume=resume,
+                        progress=progress)
     return {fold: metrics for (method, fold), metrics in done.items() if method == cfg.method}
 
 
@@ -180,7 +182,7 @@ def main_table(argv: Sequence[str] | None = None) -> int:
         check_backbone(config.backbone)
         dataset = open_dataset(args.data)
         table = run_table(dataset, config, args.out, methods=args.methods, plots=not args.no_plots,
-                          dataset_name=str(args.data), resume=args.resume)
+                          dataset_name=str(args.data), resume=args.resume, progress=not args.quiet)
     except WbcError as e:
         print(f"wbc-train table: {e}", file=sys.stderr)
         return 2

@@ -126,7 +126,7 @@ def _train(config: dict[str, Any], run_dir: str, resume: bool) -> dict[str, Any]
 # ---- parent side ----------------------------------------------------------------------------------
 
 def run_parallel(arrays, cfg: TrainConfig, run_dir: str | os.PathLike, methods: Sequence[str], *, jobs: int,
-                 resume: bool = True) -> dict[Task, dict[str, Any]]:
+                 resume: bool = True, progress: bool = True) -> dict[Task, dict[str, Any]]:
     """Train `methods` on `cfg.folds_to_run` with `jobs` worker processes; returns {(method, fold): metrics}
     of every training the run holds for them (finished ones are read, not retrained). A failing training
     stops the run with its error; what finished stays finished, and the same call resumes."""
@@ -160,7 +160,7 @@ def run_parallel(arrays, cfg: TrainConfig, run_dir: str | os.PathLike, methods: 
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                    initargs=(stack_path, meta, threads, logging.getLogger().getEffectiveLevel()))
         running: dict[Any, Task] = {}
-        bar = tqdm(total=len(pending), desc="trainings", unit="training")
+        bar = tqdm(total=len(pending), desc="trainings", unit="training", disable=not progress)
         try:
             while pending or running:
                 ready = sorted((t for t, needs in pending.items() if needs <= done), key=_priority)

@@ -308,7 +308,7 @@ def table_complexity(methods: Sequence[str], backbone: str, img_size: int,
 
 def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] | None = None,
               run_cv: Callable[..., Any] | None = None, plots: bool = True,
-              dataset_name: str | None = None, resume: bool = True) -> dict[str, Any]:
+              dataset_name: str | None = None, resume: bool = True, progress: bool = True) -> dict[str, Any]:
     """Train (or reuse) every method, then write `table.md`, `table.json` and the plots.
 
     `base_config` is a `TrainConfig`; each method runs with `base_config.replace(method=...)` through
@@ -330,7 +330,7 @@ def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] 
             from wbc_edge.train.cv import load_arrays
 
             arrays = load_arrays(dataset, base_config.img_size)
-            run_parallel(arrays, base_config, run_dir, todo, jobs=jobs, resume=resume)
+            run_parallel(arrays, base_config, run_dir, todo, jobs=jobs, resume=resume, progress=progress)
     for method in methods:
         done = finished_folds(run_dir, method, folds)
         if done is not None:
@@ -345,7 +345,7 @@ def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] 
 
                 if arrays is None:
                     arrays = load_arrays(dataset, base_config.img_size)
-                cross_validate(dataset, config, run_dir, resume=resume, arrays=arrays)
+                cross_validate(dataset, config, run_dir, resume=resume, arrays=arrays, progress=progress)
             done = finished_folds(run_dir, method, folds)
             if done is None:
                 raise DataError(f"{run_dir}: method '{method}' finished without a metrics.json for every fold")
