@@ -324,14 +324,14 @@ def _as_box(item: Any) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in item)  # type: ignore[return-value]
 
 
-def detection_scores(pred_boxes: Sequence[Any], truth: Sequence[Any], iou: float = 0.3) -> dict[str, float]:
-    """Recall and precision of located cells against ground-truth boxes (greedy one-to-one matching by
-    IoU). Boxes are CellBoxes, (x0, y0, x1, y1) tuples or dicts with a "box" key."""
+def greedy_match(pred_boxes: Sequence[Any], truth: Sequence[Any], iou: float = 0.3) -> list[tuple[int, int]]:
+    """(pred index, truth index) pairs, one-to-one, best IoU first, none below `iou`."""
     preds = [_as_box(p) for p in pred_boxes]
     truths = [_as_box(t) for t in truth]
     pairs = sorted(((box_iou(p, t), i, j) for i, p in enumerate(preds) for j, t in enumerate(truths)), reverse=True)
     used_p: set[int] = set()
     used_t: set[int] = set()
+    matches = []
     for score, i, j in pairs:
         if score < iou:
             break
@@ -339,7 +339,16 @@ def detection_scores(pred_boxes: Sequence[Any], truth: Sequence[Any], iou: float
             continue
         used_p.add(i)
         used_t.add(j)
-    tp = len(used_p)
+        matches.append((i, j))
+    return matches
+
+
+def detection_scores(pred_boxes: Sequence[Any], truth: Sequence[Any], iou: float = 0.3) -> dict[str, float]:
+    """Recall and precision of located cells against ground-truth boxes (greedy one-to-one matching by
+    IoU). Boxes are CellBoxes, (x0, y0, x1, y1) tuples or dicts with a "box" key."""
+    preds = [_as_box(p) for p in pred_boxes]
+    truths = [_as_box(t) for t in truth]
+    tp = len(greedy_match(preds, truths, iou))
     return {
         "tp": tp,
         "fp": len(preds) - tp,

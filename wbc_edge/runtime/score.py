@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from wbc_edge.errors import DataError
-from wbc_edge.runtime.locator import box_iou
+from wbc_edge.runtime.locator import greedy_match
 from wbc_edge.runtime.results import CellResult, read_results
 
 MATCH_IOU = 0.3
@@ -184,17 +184,7 @@ def score_results(results_path: str | os.PathLike, truth: Truth | None = None) -
                 true_cells += 1
         for c in detected:
             reported_counts[c.label] = reported_counts.get(c.label, 0) + 1
-        pairs = sorted(((box_iou(c.box, t["box"]), i, j) for i, c in enumerate(detected) for j, t in enumerate(real)),
-                       key=lambda p: p[0], reverse=True)
-        used_c: set[int] = set()
-        used_t: set[int] = set()
-        for iou, i, j in pairs:
-            if iou < MATCH_IOU:
-                break
-            if i in used_c or j in used_t:
-                continue
-            used_c.add(i)
-            used_t.add(j)
+        for i, j in greedy_match([c.box for c in detected], real, MATCH_IOU):
             t_label, c_label = real[j]["label"], detected[i].label
             if t_label in index and c_label in index:
                 confusion[index[t_label]][index[c_label]] += 1
