@@ -355,7 +355,8 @@ def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] 
     table = build_table(per_method, backbone=base_config.backbone, img_size=base_config.img_size,
                         folds=base_config.folds, classes=dataset.classes, complexity=cx,
                         dataset=dataset_name, epochs=base_config.epochs,
-                        recipe={k: getattr(base_config, k) for k in RECIPE_FIELDS}, lights=dataset.modalities)
+                        recipe={k: base_config.peak_lr if k == "lr" else getattr(base_config, k) for k in RECIPE_FIELDS},
+                        lights=dataset.modalities)
     table["folds_run"] = folds
     if plots:
         table["plots"] = write_table_plots(table, dataset, run_dir, folds, arrays=arrays)

@@ -1,0 +1,38 @@
+"""The training configuration: per-backbone learning rate, validation, JSON round trip."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from wbc_edge.errors import SpecError
+from wbc_edge.train.config import TrainConfig
+from wbc_edge.train.engine import build_optimizer
+
+
+def _optimizer_lr(cfg: TrainConfig) -> float:
+    return build_optimizer(torch.nn.Linear(4, 2), cfg).param_groups[0]["lr"]
+
+
+def test_learning_rate_defaults_per_backbone_and_an_explicit_one_wins():
+    assert _optimizer_lr(TrainConfig(backbone="shufflenet_v2_x1_0")) == pytest.approx(4e-3)
+    assert _optimizer_lr(TrainConfig(backbone="resnet34")) == pytest.approx(1e-3)
+    assert _optimizer_lr(TrainConfig(backbone="resnet34", lr=2e-3)) == pytest.approx(2e-3)
+    assert TrainConfig(backbone="shufflenet_v2_x1_0").replace(backbone="resnet34").peak_lr == pytest.approx(1e-3)
+
+
+def test_cli_without_lr_takes_the_backbone_default():
+    from wbc_edge.cli.train import config_from_args, get_args_parser
+
+    args = get_args_parser().parse_args(["--data", "d", "--out", "o", "--backbone", "resnet34"])
+    assert config_from_args(args).peak_lr == pytest.approx(1e-3)
+    args = get_args_parser().parse_args(["--data", "d", "--out", "o", "--backbone", "resnet34", "--lr", "5e-4"])
+    assert config_from_args(args).peak_lr == pytest.approx(5e-4)
+
+
+def test_bad_learning_rate_is_refused_and_the_config_round_trips():
+    with pytest.raises(SpecError, match="'lr'"):
+        TrainConfig(lr=0.0).validate()
+    cfg = TrainConfig(backbone="resnet34", fold_subset=[0, 2])
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
