@@ -54,7 +54,9 @@ def spec_for_method(method: str, backbone: str, input_size: int = 224,
 
 def count_model(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
     """fvcore MACs and parameter count of `model` on a zero input of `input_shape` (eval mode)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)  # fvcore's import
+        from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()
