@@ -346,13 +346,11 @@ def greedy_match(pred_boxes: Sequence[Any], truth: Sequence[Any], iou: float = 0
 def detection_scores(pred_boxes: Sequence[Any], truth: Sequence[Any], iou: float = 0.3) -> dict[str, float]:
     """Recall and precision of located cells against ground-truth boxes (greedy one-to-one matching by
     IoU). Boxes are CellBoxes, (x0, y0, x1, y1) tuples or dicts with a "box" key."""
-    preds = [_as_box(p) for p in pred_boxes]
-    truths = [_as_box(t) for t in truth]
-    tp = len(greedy_match(preds, truths, iou))
+    tp = len(greedy_match(pred_boxes, truth, iou))
     return {
         "tp": tp,
-        "fp": len(preds) - tp,
-        "fn": len(truths) - tp,
-        "recall": tp / len(truths) if truths else 1.0,
-        "precision": tp / len(preds) if preds else 1.0,
+        "fp": len(pred_boxes) - tp,
+        "fn": len(truth) - tp,
+        "recall": tp / len(truth) if truth else 1.0,
+        "precision": tp / len(pred_boxes) if pred_boxes else 1.0,
     }
