@@ -347,10 +347,11 @@ def detection_scores(pred_boxes: Sequence[Any], truth: Sequence[Any], iou: float
     """Recall and precision of located cells against ground-truth boxes (greedy one-to-one matching by
     IoU). Boxes are CellBoxes, (x0, y0, x1, y1) tuples or dicts with a "box" key."""
     tp = len(greedy_match(pred_boxes, truth, iou))
+    n_pred, n_true = len(pred_boxes), len(truth)
     return {
         "tp": tp,
-        "fp": len(pred_boxes) - tp,
-        "fn": len(truth) - tp,
-        "recall": tp / len(truth) if truth else 1.0,
-        "precision": tp / len(pred_boxes) if pred_boxes else 1.0,
+        "fp": n_pred - tp,
+        "fn": n_true - tp,
+        "recall": tp / n_true if n_true else 1.0,
+        "precision": tp / n_pred if n_pred else 1.0,
     }
