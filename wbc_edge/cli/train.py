@@ -136,18 +136,16 @@ def _train(data: str, cfg, out: str, resume: bool, ctx, progress: bool = True) -
     """One method's folds (and the teachers they need): side by side on worker processes when
     `--jobs` (or auto) allows more than one, else in this process (also every torchrun rank)."""
     from wbc_edge.data import open_dataset
-    from wbc_edge.train.cv import load_arrays, run_cv
-    from wbc_edge.train.parallel import pending_tasks, resolve_jobs, run_parallel
+    from wbc_edge.train.cv import run_cv
+    from wbc_edge.train.parallel import train_side_by_side
 
     if ctx.enabled and cfg.jobs > 1:
         raise WbcError("--jobs runs trainings side by side in one process tree; under torchrun leave it out")
     dataset = open_dataset(data)
-    n_tasks = pending_tasks(out, [cfg.method], cfg.folds_to_run, dataset.modalities, bool(cfg.teachers))
-    jobs = resolve_jobs(cfg, n_tasks, distributed=ctx.enabled)
-    if jobs == 1:
+    done = train_side_by_side(dataset, cfg, out, [cfg.method], resume=resume, progress=progress,
+                              distributed=ctx.enabled)
+    if done is None:
         return run_cv(dataset, cfg, out, resume=resume, ctx=ctx, progress=progress)
-    done = run_parallel(load_arrays(dataset, cfg.img_size), cfg, out, [cfg.method], jobs=jobs, resume=resume,
-                        progress=progress)
     return {fold: metrics for (method, fold), metrics in done.items() if method == cfg.method}
 
 

@@ -89,11 +89,12 @@ class MethodPlan:
     spec: ModelSpec
     x: np.ndarray
     n_slots: int
-    rho: float
-    batch_repetition: int
-    light_dropout: float
-    solo_rows: float
-    head_labels_per_slot: bool  # True for MIMO: head k's label is slot k's cell
+    head_labels_per_slot: bool = False  # True for MIMO: head k's label is slot k's cell
+    # MIMO batch drawing (sampling.MimoBatchSampler); the defaults put the same cell in every slot
+    rho: float = 1.0
+    batch_repetition: int = 1
+    light_dropout: float = 0.0
+    solo_rows: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,10 +125,11 @@ def plan_method(cfg: TrainConfig, method_name: str, arrays: CellArrays, train_id
     spec = spec_for(spec_method, tuple(lights), classes=tuple(arrays.classes), backbone=cfg.backbone,
                     input_size=int(x.shape[-1]), mean=mean, std=std, provenance=dict(provenance or {}))
     if spec_method == "mimo":
-        return MethodPlan(method_name, spec, x, len(lights), cfg.rho, cfg.batch_repetition, cfg.light_dropout,
-                          cfg.solo_rows, True)
+        return MethodPlan(method_name, spec, x, len(lights), head_labels_per_slot=True, rho=cfg.rho,
+                          batch_repetition=cfg.batch_repetition, light_dropout=cfg.light_dropout,
+                          solo_rows=cfg.solo_rows)
     # single and early: every slot holds the same cell (early fusion is the paper's baseline: no dropout).
-    return MethodPlan(method_name, spec, x, len(lights), 1.0, 1, 0.0, 0.0, False)
+    return MethodPlan(method_name, spec, x, len(lights))
 
 
 def _normaliser(spec: ModelSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -125,6 +125,22 @@ def _train(config: dict[str, Any], run_dir: str, resume: bool) -> dict[str, Any]
 
 # ---- parent side ----------------------------------------------------------------------------------
 
+def train_side_by_side(dataset, cfg: TrainConfig, run_dir: str | os.PathLike, methods: Sequence[str], *,
+                       resume: bool = True, progress: bool = True,
+                       distributed: bool = False) -> dict[Task, dict[str, Any]] | None:
+    """`run_parallel` for `methods` (teachers included) when `cfg.jobs` (or auto) gives more than one
+    worker for the trainings still to do; None when one at a time it is, for the caller to train in
+    its own process (also every torchrun rank)."""
+    from wbc_edge.train.cv import load_arrays
+
+    n_tasks = pending_tasks(run_dir, methods, cfg.folds_to_run, dataset.modalities, bool(cfg.teachers))
+    jobs = resolve_jobs(cfg, n_tasks, distributed=distributed)
+    if jobs == 1:
+        return None
+    return run_parallel(load_arrays(dataset, cfg.img_size), cfg, run_dir, methods, jobs=jobs, resume=resume,
+                        progress=progress)
+
+
 def run_parallel(arrays, cfg: TrainConfig, run_dir: str | os.PathLike, methods: Sequence[str], *, jobs: int,
                  resume: bool = True, progress: bool = True) -> dict[Task, dict[str, Any]]:
     """Train `methods` on `cfg.folds_to_run` with `jobs` worker processes; returns {(method, fold): metrics}

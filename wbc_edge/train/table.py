@@ -322,15 +322,9 @@ def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] 
     per_method: dict[str, list[dict[str, Any]]] = {}
     todo = [m for m in methods if finished_folds(run_dir, m, folds) is None]
     if todo and run_cv is None:
-        from wbc_edge.train.parallel import pending_tasks, resolve_jobs, run_parallel
+        from wbc_edge.train.parallel import train_side_by_side
 
-        n_tasks = pending_tasks(run_dir, todo, folds, dataset.modalities, bool(base_config.teachers))
-        jobs = resolve_jobs(base_config, n_tasks)
-        if jobs > 1:
-            from wbc_edge.train.cv import load_arrays
-
-            arrays = load_arrays(dataset, base_config.img_size)
-            run_parallel(arrays, base_config, run_dir, todo, jobs=jobs, resume=resume, progress=progress)
+        train_side_by_side(dataset, base_config, run_dir, todo, resume=resume, progress=progress)
     for method in methods:
         done = finished_folds(run_dir, method, folds)
         if done is not None:
