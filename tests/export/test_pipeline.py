@@ -8,6 +8,7 @@ from wbc_edge.bundle import Bundle
 from wbc_edge.cli import calib as calib_cli
 from wbc_edge.cli import export as export_cli
 from wbc_edge.errors import BundleError
+from support.sabotage import sabotage_quantizer
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +38,14 @@ def test_export_writes_a_verified_bundle_with_every_precision(good_bundle, split
         assert row["passed"] is True and "agreement_with_fp32" in row and set(row["per_class_recall"]) == set(spec.classes)
 
 
-def test_strict_gate_fails_and_leaves_the_good_bundle_untouched(good_bundle, run_dir, tmp_path, capsys):
+def test_strict_gate_fails_and_leaves_the_good_bundle_untouched(good_bundle, run_dir, tmp_path, capsys, monkeypatch):
+    # INT8 that disagrees with FP32 on every cell by construction, so the gate fails on any CPU.
+    sabotage_quantizer(monkeypatch)
     target = tmp_path / "model.wbc"
     shutil.copy(good_bundle, target)
     before = target.read_bytes()
     rc = export_cli.main(["--run", str(run_dir), "--out", str(target), "--int8", "--int8-variant", "trt", "--calib-size", "32",
-                          "--max-drop", "-1", "--no-fallback", "--cache-dir", str(tmp_path / "cache")])
+                          "--min-agreement", "50", "--no-fallback", "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err.strip()
     assert rc == 1
     assert len(err.splitlines()) == 1 and "accuracy gate: int8-trt" in err and "no bundle written" in err
