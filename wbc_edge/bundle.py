@@ -6,10 +6,7 @@ land outside the target folder. Every member's checksum is verified on open.
 
 Members (names are the contract; optional ones may be absent):
     spec.json                 the ModelSpec
-    model.fp32.onnx           FP32 graph: uint8 pixels in, normalisation and softmax inside
-    model.int8-trt.onnx       Q/DQ INT8 for TensorRT: symmetric int8, per-channel weights, float bias
-    model.int8-cpu.onnx       Q/DQ INT8 for ONNX Runtime on x86: uint8 activations
-    model.fp16.onnx           FP16 graph with FP32 I/O (TensorRT 11 strongly typed FP16)
+    model.<precision>.onnx    one graph per precision: the table in `wbc_edge.precisions`
     calibration.json          calibration-set manifest (cell ids, class counts, content hash)
     accuracy.json             the accuracy gate's report per precision
     weights.npz               the trained state_dict as NumPy arrays (no pickle): PyTorch baselines
@@ -27,18 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
+from wbc_edge import precisions
 from wbc_edge.errors import BundleError, SpecError
 from wbc_edge.spec import ModelSpec
 
 BUNDLE_SCHEMA = 1
 MANIFEST = "manifest.json"
 WEIGHTS_MEMBER = "weights.npz"
-PRECISION_MEMBERS = {
-    "fp32": "model.fp32.onnx",
-    "fp16": "model.fp16.onnx",
-    "int8-trt": "model.int8-trt.onnx",
-    "int8-cpu": "model.int8-cpu.onnx",
-}
+PRECISION_MEMBERS = precisions.MEMBERS
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -31,3 +31,7 @@ class BackendUnavailable(WbcError):
 
 class SourceError(WbcError):
     """A frame source cannot be opened or read."""
+
+
+class UsageError(WbcError, ValueError):
+    """A command-line or library argument is not one of the allowed values or outside its range."""

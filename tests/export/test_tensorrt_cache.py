@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from wbc_edge.bundle import Bundle, sha256_bytes, write_bundle
+from wbc_edge.errors import UsageError
 from wbc_edge.export import tensorrt as trtx
 from support import trt_fakes as fakes
 from wbc_edge.spec import spec_for
@@ -180,7 +181,7 @@ def test_parse_engine_list():
     assert trtx.parse_engine_list("fp16, int8,fp16") == ["fp16", "int8"]
     assert trtx.parse_engine_list("int8-trt") == ["int8"]
     for bad, needle in (("", "name one or more"), ("fp16,bf16", "'bf16'")):
-        with pytest.raises(trtx.TensorRTError, match=needle):
+        with pytest.raises(UsageError, match=needle):
             trtx.parse_engine_list(bad)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wbc_edge.bundle import Bundle, write_bundle
-from wbc_edge.errors import BackendUnavailable, BundleError, SpecError
+from wbc_edge.errors import BackendUnavailable, BundleError, SpecError, UsageError
 from wbc_edge.runtime.backends import gate_verdict, open_backend
 from wbc_edge.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
@@ -79,7 +79,7 @@ def test_tensorrt_asked_without_tensorrt_is_a_clear_error(rt_bundle):
 
 def test_unknown_backend_or_broken_model(tmp_path, rt_spec):
     p = write_bundle(tmp_path / "bad.wbc", rt_spec, {"model.fp32.onnx": b"not an onnx graph"})
-    with pytest.raises(BackendUnavailable, match="not one of"):
+    with pytest.raises(UsageError, match="not one of"):
         open_backend(p, backend="openvino")
     with pytest.raises(BundleError, match="cannot load"):
         open_backend(p, backend="onnxruntime", precision="fp32").activate()

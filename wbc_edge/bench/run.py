@@ -13,16 +13,17 @@ import numpy as np
 
 from wbc_edge.bench.cpu import cpu_description, load_average
 from wbc_edge.bench.timing import Config, feed_call, run_interleaved
+from wbc_edge import precisions
 from wbc_edge.bundle import Bundle
 from wbc_edge.errors import BundleError, SpecError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "int8-cpu", "int8-trt", "fp16")
-# which precisions each backend runs: ORT on the CPU runs both Q/DQ variants; torch eager is FP32 only
-BACKEND_PRECISIONS = {"torch": ("fp32",), "onnxruntime": ("fp32", "int8-cpu", "int8-trt"),
-                      "tensorrt": ("fp16", "int8-trt", "fp32")}
+PRECISIONS = precisions.NAMES
+# which precisions each backend runs (the bench's onnxruntime is the CPU one)
+BACKEND_PRECISIONS = {"torch": precisions.run_on("torch"), "onnxruntime": precisions.run_on("onnxruntime-cpu"),
+                      "tensorrt": precisions.run_on("tensorrt")}
 TARGETS = {"best_cpu_over_torch_b8": 2.5, "e2e_over_stages_sum": 1.15, "cold_start_s": 1.0, "peak_rss_mb": 300.0}
 
 

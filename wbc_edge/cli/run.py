@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wbc_edge import precisions
 from wbc_edge.errors import WbcError
 
 log = logging.getLogger("wbc_edge.cli.run")
@@ -52,7 +53,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--camera", metavar="DEV", help="camera device, e.g. /dev/video0 (same as giving it as SOURCE)")
     p.add_argument("--model", metavar="BUNDLE", help="model bundle .wbc (default: the packaged demo bundle)")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8-cpu", "int8-trt", "fp16", "int8"))
+    p.add_argument("--precision", default="auto", choices=precisions.CHOICES)
     p.add_argument("--engine-cache", metavar="DIR", help="TensorRT engine cache folder (default: the TensorRT backend's)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="ONNX Runtime intra-op threads (default: ORT's choice)")
     p.add_argument("--batch", type=int, default=8, metavar="N", help="cells per inference batch (default: %(default)s)")

@@ -28,13 +28,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from wbc_edge.bundle import PRECISION_MEMBERS, atomic_write_bytes, atomic_write_text, sha256_bytes
-from wbc_edge.errors import BackendUnavailable, WbcError
+from wbc_edge import precisions
+from wbc_edge.bundle import atomic_write_bytes, atomic_write_text, sha256_bytes
+from wbc_edge.errors import BackendUnavailable, UsageError, WbcError
 from wbc_edge.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = precisions.ENGINE_PRECISIONS
 FP16_SOURCES = ("auto", "flag", "graph")
 DEFAULT_BATCH_RANGE = (1, 8, 32)
 DEFAULT_WORKSPACE_MB = 1024
@@ -43,8 +44,8 @@ CACHE_ENV = "WBC_EDGE_ENGINE_CACHE"
 SIDECAR_SCHEMA = 1
 SUPPORTED_MAJORS = (10, 11)
 
-# The bundle member each precision builds from, by how TensorRT is told the precision.
-_MEMBER = {"fp32": PRECISION_MEMBERS["fp32"], "fp16": PRECISION_MEMBERS["fp16"], "int8": PRECISION_MEMBERS["int8-trt"]}
+# The bundle member each engine precision builds from, by how TensorRT is told the precision.
+_MEMBER = {p: precisions.engine_member(p) for p in PRECISIONS}
 
 
 class TensorRTError(WbcError):
@@ -589,13 +590,15 @@ def engine_from_bundle(bundle: Any, precision: str, cache: EngineCache | None = 
 def parse_engine_list(text: str) -> list[str]:
     """'fp16,int8' -> ['fp16', 'int8'] (the `--engine` option); 'int8-trt' is accepted for 'int8'."""
     names = [t.strip() for t in str(text).split(",") if t.strip()]
-    names = ["int8" if n == "int8-trt" else n for n in names]
     if not names:
-        raise TensorRTError("--engine: name one or more of fp32, fp16, int8 (comma-separated)")
+        raise UsageError(f"--engine: name one or more of {', '.join(PRECISIONS)} (comma-separated)")
+    engines = []
     for n in names:
-        if n not in PRECISIONS:
-            raise TensorRTError(f"--engine '{n}': not one of {list(PRECISIONS)}")
-    return list(dict.fromkeys(names))
+        try:
+            engines.append(precisions.engine_precision(n))
+        except UsageError:
+            raise UsageError(f"--engine '{n}': not one of {list(PRECISIONS)}") from None
+    return list(dict.fromkeys(engines))
 
 
 def build_bundle_engines(bundle: Any, precisions: Sequence[str], cache: EngineCache | str | os.PathLike | None = None,

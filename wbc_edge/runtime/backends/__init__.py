@@ -10,14 +10,15 @@ import importlib.util
 import logging
 from typing import Any
 
+from wbc_edge import precisions
 from wbc_edge.bundle import Bundle
-from wbc_edge.errors import BackendUnavailable, BundleError
+from wbc_edge.errors import BackendUnavailable, BundleError, UsageError
 from wbc_edge.runtime.backends.base import Runner
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-PRECISIONS = ("auto", "fp32", "int8-cpu", "int8-trt", "fp16", "int8")
+PRECISIONS = precisions.CHOICES
 _PASS_KEYS = ("passed", "pass", "accepted", "ok", "gate_passed")
 
 __all__ = ["BACKENDS", "PRECISIONS", "Runner", "open_backend", "gate_verdict", "tensorrt_available"]
@@ -97,29 +98,23 @@ def _find_precision_entry(node: Any, precision: str) -> dict | None:
     return None
 
 
-# What "auto" precision tries, best first, per target (then fp32). ONNX Runtime on CPU wants the
-# uint8-activation Q/DQ variant; on CUDA its INT8 Q/DQ kernels gain little, so FP16 there.
-AUTO_PRECISIONS = {"tensorrt": ("int8-trt", "fp16"), "onnxruntime-cpu": ("int8-cpu",), "onnxruntime-cuda": ("fp16",)}
-
-
 def _pick_precision(bundle: Bundle, target: str, precision: str) -> tuple[str, str]:
     have = list(bundle.precisions)
     if target == "tensorrt" and "fp16" not in have and "fp32" in have:
         have.append("fp16")  # TensorRT builds FP16 from the FP32 graph (builder flag / conversion)
-    if precision == "int8":
-        precision = "int8-trt" if target == "tensorrt" else "int8-cpu"
+    precision = precisions.resolve(precision, target.split("-")[0])
     if precision != "auto":
         if precision not in have:
             raise BundleError(f"bundle {bundle.path}: has no {precision} model (has {have})")
         return precision, f"{precision} as asked"
     notes = []
-    for cand in AUTO_PRECISIONS[target]:
+    for cand in precisions.AUTO_ORDER[target]:
         if cand not in have:
             notes.append(f"no {cand} in bundle")
             continue
         ok, why = gate_verdict(bundle, cand)
         # INT8 needs the gate's explicit pass; FP16 only needs not to have failed it
-        if ok or (ok is None and not cand.startswith("int8")):
+        if ok or (ok is None and not precisions.get(cand).quantized):
             return cand, why if ok else f"{cand} present"
         notes.append(why)
     return "fp32", "; ".join(notes) or "default"
@@ -136,9 +131,9 @@ def open_backend(bundle: Bundle | str, backend: str = "auto", precision: str = "
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle)
     if backend not in BACKENDS:
-        raise BackendUnavailable(f"backend '{backend}' is not one of {list(BACKENDS)}")
+        raise UsageError(f"backend '{backend}' is not one of {list(BACKENDS)}")
     if precision not in PRECISIONS:
-        raise BackendUnavailable(f"precision '{precision}' is not one of {list(PRECISIONS)}")
+        raise UsageError(f"precision '{precision}' is not one of {list(PRECISIONS)}")
 
     from wbc_edge.runtime.backends.onnxruntime import OnnxRuntimeRunner, cuda_provider_available
 

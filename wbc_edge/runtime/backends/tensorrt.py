@@ -18,16 +18,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from wbc_edge.errors import BackendUnavailable, BundleError, SpecError
+from wbc_edge import precisions
+from wbc_edge.errors import BackendUnavailable, BundleError, SpecError, UsageError
 from wbc_edge.runtime.backends.base import Runner
 from wbc_edge.runtime.backends.cuda_memory import CudaMemory, DeviceBuffer, Stream, open_cuda_memory
 from wbc_edge.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-
-# Bundle precision names -> the engine precision they build.
-_ENGINE_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int8-trt": "int8"}
-
 
 def _import_tensorrt() -> Any:
     try:
@@ -127,13 +124,14 @@ class TensorRTRunner(Runner):
         precision: 'fp32', 'fp16', 'int8' or 'int8-trt'; cache: an EngineCache, a cache folder, or None
         (the default folder). The build happens at activation, not here.
         """
-        if precision not in _ENGINE_PRECISION:
-            raise BundleError(f"precision '{precision}': TensorRT builds {sorted(_ENGINE_PRECISION)}")
+        try:
+            engine_precision = precisions.engine_precision(precision)
+        except UsageError as e:
+            raise BundleError(str(e)) from None
         # Import here: the export package is not part of the runtime's import graph until TensorRT is used.
         from wbc_edge.export.tensorrt import DEFAULT_BATCH_RANGE, EngineCache, engine_from_bundle  # noqa: PLC0415
 
         engine_cache = cache if isinstance(cache, EngineCache) else EngineCache(cache)
-        engine_precision = _ENGINE_PRECISION[precision]
         batches = tuple(batch_range) if batch_range is not None else DEFAULT_BATCH_RANGE
         trt_module = kw.get("trt_module")
         state: dict[str, str] = {}
