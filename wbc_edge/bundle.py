@@ -8,7 +8,7 @@ Members (names are the contract; optional ones may be absent):
     spec.json                 the ModelSpec
     model.<precision>.onnx    one graph per precision: the table in `wbc_edge.precisions`
     calibration.json          calibration-set manifest (cell ids, class counts, content hash)
-    accuracy.json             the accuracy gate's report per precision
+    accuracy.json             the accuracy gate's report per precision (schema: `wbc_edge.gate_report`)
     weights.npz               the trained state_dict as NumPy arrays (no pickle): PyTorch baselines
 """
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from wbc_edge import gate_report
 from wbc_edge.bundle import PRECISION_MEMBERS, WEIGHTS_MEMBER, Bundle, write_bundle
 from wbc_edge.calibration import CalibrationSet, inputs_from_dataset, labels_in_spec_order, select_calibration_set
 from wbc_edge.calibration.sets import indices_for_ids
@@ -289,7 +290,7 @@ def export_bundle(source: ExportSource, options: ExportOptions, emit: Callable[[
         files = {PRECISION_MEMBERS[p]: data for p, data in models.items()}
         files["parity.json"] = json.dumps(parity_report, indent=2).encode()
         if accuracy:
-            files["accuracy.json"] = json.dumps(accuracy, indent=2).encode()
+            files[gate_report.MEMBER] = gate_report.encode(accuracy)
         if calib_manifest is not None:
             files["calibration.json"] = json.dumps(calib_manifest, indent=2).encode()
         files[WEIGHTS_MEMBER] = state_dict_npz(source.model)

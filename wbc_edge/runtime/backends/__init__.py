@@ -10,7 +10,7 @@ import importlib.util
 import logging
 from typing import Any
 
-from wbc_edge import precisions
+from wbc_edge import gate_report, precisions
 from wbc_edge.bundle import Bundle
 from wbc_edge.errors import BackendUnavailable, BundleError, UsageError
 from wbc_edge.runtime.backends.base import Runner
@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 PRECISIONS = precisions.CHOICES
-_PASS_KEYS = ("passed", "pass", "accepted", "ok", "gate_passed")
 
 __all__ = ["BACKENDS", "PRECISIONS", "Runner", "open_backend", "gate_verdict", "tensorrt_available"]
 
@@ -63,39 +62,7 @@ def _cuda_device_count() -> int | None:
 
 def gate_verdict(bundle: Bundle, precision: str) -> tuple[bool | None, str]:
     """Did the export accuracy gate accept `precision`? (True/False, or None when not recorded)."""
-    if not bundle.has("accuracy.json"):
-        return None, "bundle has no accuracy.json"
-    try:
-        report = bundle.read_json("accuracy.json")
-    except ValueError:
-        return None, "accuracy.json is not valid JSON"
-    entry = _find_precision_entry(report, precision)
-    if entry is None:
-        return None, f"accuracy.json has no entry for {precision}"
-    for key in _PASS_KEYS:
-        if isinstance(entry.get(key), bool):
-            return entry[key], f"accuracy gate {'accepted' if entry[key] else 'rejected'} {precision}"
-    return None, f"accuracy.json entry for {precision} records no verdict"
-
-
-def _find_precision_entry(node: Any, precision: str) -> dict | None:
-    # The gate report is written by export; accept {precision: {...}} at any depth or a list of
-    # {"precision": name, ...} rows, so the runtime does not break if the layout grows.
-    if isinstance(node, dict):
-        if node.get("precision") == precision and any(k in node for k in _PASS_KEYS):
-            return node
-        if isinstance(node.get(precision), dict):
-            return node[precision]
-        children = node.values()
-    elif isinstance(node, list):
-        children = node
-    else:
-        return None
-    for child in children:
-        found = _find_precision_entry(child, precision)
-        if found is not None:
-            return found
-    return None
+    return gate_report.read_verdict(bundle, precision)
 
 
 def _pick_precision(bundle: Bundle, target: str, precision: str) -> tuple[str, str]:
