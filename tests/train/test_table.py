@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from wbc_edge.errors import DataError
-from wbc_edge.train.config import TrainConfig, method_dirname
+from wbc_edge.run_layout import method_dirname
+from wbc_edge.train.config import TrainConfig
 from wbc_edge.train.metrics import compute_metrics
 from wbc_edge.cli.train import main_table
 from wbc_edge.train.table import (

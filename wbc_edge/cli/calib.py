@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from wbc_edge.errors import DataError, WbcError
+from wbc_edge.run_layout import RunLayout
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     s = sub.add_parser("select", help="stratified sample of a fold's training cells")
     s.add_argument("--run", type=Path, required=True, help="training run directory")
     s.add_argument("--fold", type=int, default=0)
-    s.add_argument("--method", default="mimo-kd", help="method whose spec (lights, input size) the inputs follow")
+    s.add_argument("--method", default="mimo-kd", help="method (as wbc-train names it) whose spec (lights, input size) the inputs follow")
     s.add_argument("--size", type=int, default=256, help="cells to select (default: %(default)s; 300+ recommended)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True)
@@ -42,11 +43,11 @@ def spec_of_run(run: Path, fold: int, method: str):
     """The spec stored in the run's checkpoint, read without torch when the run wrote spec.json."""
     from wbc_edge.spec import ModelSpec
 
-    method_dir = Path(run) / "folds" / f"fold{fold}" / method
-    spec_json = method_dir / "spec.json"
+    layout = RunLayout(run)
+    spec_json = layout.spec(fold, method)
     if spec_json.is_file():
         return ModelSpec.from_json(spec_json.read_text())
-    checkpoint = method_dir / "model.pt"
+    checkpoint = layout.checkpoint(fold, method)
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no such checkpoint (run {run}, fold {fold}, method {method})")
     from wbc_edge.train.checkpoint import load_payload
@@ -59,7 +60,7 @@ def select_main(a: argparse.Namespace) -> int:
     from wbc_edge.data import open_dataset
 
     spec = spec_of_run(a.run, a.fold, a.method)
-    split_path = Path(a.run) / "folds" / f"fold{a.fold}" / "split.json"
+    split_path = RunLayout(a.run).split(a.fold)
     try:
         split = json.loads(split_path.read_text())
         dataset_path, train_ids = split["dataset"], split["train"]

@@ -24,7 +24,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help="training run directory (RUN/folds/fold<k>/<method>/model.pt)")
     src.add_argument("--checkpoint", type=Path, help="a release model.pt (split.json two folders up is used when present)")
-    p.add_argument("--method", default="mimo-kd", help="method folder inside the run (default: %(default)s)")
+    p.add_argument("--method", default="mimo-kd", help="method as wbc-train names it, e.g. mimo-kd, single:color1 (default: %(default)s)")
     p.add_argument("--fold", type=int, default=0, help="fold inside the run (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="bundle to write (.wbc)")
     p.add_argument("--int8", action="store_true", help="add static INT8 (explicit Q/DQ) graphs")

@@ -22,6 +22,7 @@ from wbc_edge.calibration import CalibrationSet, inputs_from_dataset, labels_in_
 from wbc_edge.calibration.sets import indices_for_ids
 from wbc_edge.errors import AccuracyGateError, BackendUnavailable, CalibrationError, DataError
 from wbc_edge.export.gate import DEFAULT_MAX_DROP, check_gate, evaluate_precisions, format_table, gate_error
+from wbc_edge.run_layout import RunLayout, split_of_checkpoint
 from wbc_edge.spec import ModelSpec
 
 LOGGER = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class ExportSource:
 
 
 def checkpoint_in_run(run: Path, method: str = "mimo-kd", fold: int = 0) -> Path:
-    path = Path(run) / "folds" / f"fold{fold}" / method / "model.pt"
+    path = RunLayout(run).checkpoint(fold, method)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint (run {run}, fold {fold}, method {method})")
     return path
@@ -89,7 +90,7 @@ def load_source(checkpoint: Path) -> ExportSource:
 
     checkpoint = Path(checkpoint)
     model, spec, _payload = load_model(checkpoint)
-    split_path = checkpoint.parent.parent / "split.json"
+    split_path = split_of_checkpoint(checkpoint)
     split = None
     if split_path.is_file():
         try:

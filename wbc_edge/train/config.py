@@ -32,10 +32,6 @@ def parse_method(name: str, modalities: tuple[str, ...] | None = None) -> tuple[
 DEFAULT_LR = {"shufflenet_v2_x1_0": 4e-3, "shufflenet_v2_x0_5": 4e-3, "resnet34": 1e-3, "resnet18": 1e-3}
 
 
-def method_dirname(name: str) -> str:
-    """Folder for a method's results ('single:color1' -> 'single-color1': no ':' in paths)."""
-    return name.replace(":", "-")
-
 
 @dataclass
 class TrainConfig:

@@ -20,7 +20,8 @@ from wbc_edge.errors import DataError, SpecError
 from wbc_edge.preprocess import cell_to_input
 from wbc_edge.spec import spec_for
 from wbc_edge.train.checkpoint import load_model, save_release
-from wbc_edge.train.config import TrainConfig, method_dirname, parse_method
+from wbc_edge.run_layout import CHECKPOINT, CONFIG, METRICS, SPEC, RunLayout, method_is_done
+from wbc_edge.train.config import TrainConfig, parse_method
 from wbc_edge.train.distributed import DistContext
 from wbc_edge.train.engine import (CellArrays, EpochCallback, TeacherModel, evaluate, fit, jsonable,
                                    plan_method, to_training_layout)
@@ -66,13 +67,9 @@ def make_folds(labels: np.ndarray, groups: Sequence[str] | None, n_folds: int, s
     return [(np.sort(tr), np.sort(va)) for tr, va in splits]
 
 
-def _fold_dir(run_dir: Path, fold: int) -> Path:
-    return Path(run_dir) / "folds" / f"fold{fold}"
-
-
 def write_or_check_split(run_dir: Path, fold: int, arrays: CellArrays, train_idx: np.ndarray,
                          val_idx: np.ndarray, is_main: bool) -> None:
-    path = _fold_dir(run_dir, fold) / "split.json"
+    path = RunLayout(run_dir).split(fold)
     split = {"dataset": arrays.source, "dataset_fingerprint": arrays.fingerprint,
              "train": [arrays.cell_ids[i] for i in train_idx], "val": [arrays.cell_ids[i] for i in val_idx]}
     if path.exists():
@@ -86,7 +83,7 @@ def write_or_check_split(run_dir: Path, fold: int, arrays: CellArrays, train_idx
 
 def check_teacher_split(teacher_run: Path, fold: int, val_ids: Sequence[str]) -> None:
     """Refuse a teacher that trained on any of this fold's validation cells."""
-    path = _fold_dir(teacher_run, fold) / "split.json"
+    path = RunLayout(teacher_run).split(fold)
     if not path.is_file():
         raise DataError(f"{path}: teacher split missing, cannot prove the teacher never saw fold {fold}'s validation cells")
     teacher_train = set(json.loads(path.read_text()).get("train", []))
@@ -96,12 +93,8 @@ def check_teacher_split(teacher_run: Path, fold: int, val_ids: Sequence[str]) ->
                         f"(e.g. '{sorted(leaked)[0]}'); use teachers from a run with the same folds and seed")
 
 
-def _done(method_dir: Path) -> bool:
-    return (method_dir / "model.pt").is_file() and (method_dir / "metrics.json").is_file()
-
-
 def _load_metrics(method_dir: Path) -> dict[str, Any]:
-    return json.loads((method_dir / "metrics.json").read_text())
+    return json.loads((method_dir / METRICS).read_text())
 
 
 class FoldRunner:
@@ -113,7 +106,7 @@ class FoldRunner:
         self.cfg, self.arrays, self.run_dir, self.fold = cfg, arrays, Path(run_dir), fold
         self.train_idx, self.val_idx = train_idx, val_idx
         self.resume, self.ctx, self.callbacks, self.progress = resume, ctx, callbacks, progress
-        self.fold_dir = _fold_dir(run_dir, fold)
+        self.layout = RunLayout(run_dir)
         self.device = torch.device(ctx.device if ctx.enabled else cfg.device)
 
     def provenance(self, method_name: str) -> dict[str, Any]:
@@ -122,8 +115,8 @@ class FoldRunner:
 
     def run(self, method_name: str) -> dict[str, Any]:
         spec_method, _, uses_kd = parse_method(method_name, self.arrays.modalities)
-        method_dir = self.fold_dir / method_dirname(method_name)
-        if _done(method_dir):
+        method_dir = self.layout.method_dir(fold=self.fold, method=method_name)
+        if method_is_done(method_dir):
             log.info("fold %d %s: done, skipped", self.fold, method_name)
             return _load_metrics(method_dir)
         if spec_method == "late":
@@ -136,14 +129,14 @@ class FoldRunner:
                       resume=self.resume, teacher=teacher, ctx=self.ctx, callbacks=self.callbacks,
                       progress=self.progress)
         if self.ctx.is_main:
-            atomic_write_text(self.run_dir / "spec.json", plan.spec.to_json())
+            atomic_write_text(self.run_dir / SPEC, plan.spec.to_json())
         return metrics
 
     def _late(self, method_dir: Path) -> dict[str, Any]:
         members = []
         for light in self.arrays.modalities:
             self.run(f"single:{light}")
-            model, _, _ = load_model(self.fold_dir / method_dirname(f"single:{light}") / "model.pt")
+            model, _, _ = load_model(self.layout.checkpoint(self.fold, f"single:{light}"))
             members.append(model)
         late = to_training_layout(LateFusion(members).to(self.device)).eval()
         plan = plan_method(self.cfg, "late", self.arrays, self.train_idx, self.provenance("late"))
@@ -152,29 +145,29 @@ class FoldRunner:
         metrics.update({"fold": self.fold, "method": "late", "n_train": int(len(self.train_idx)),
                         "n_val": int(len(self.val_idx))})
         if self.ctx.is_main:
-            save_release(method_dir / "model.pt", late, plan.spec, self.cfg.to_dict(), metrics)
-            atomic_write_text(method_dir / "metrics.json", json.dumps(jsonable(metrics), indent=2, sort_keys=True))
+            save_release(method_dir / CHECKPOINT, late, plan.spec, self.cfg.to_dict(), metrics)
+            atomic_write_text(method_dir / METRICS, json.dumps(jsonable(metrics), indent=2, sort_keys=True))
         self.ctx.barrier()
         return metrics
 
     def _teacher(self) -> TeacherModel:
         teacher_run = Path(self.cfg.teachers) if self.cfg.teachers else self.run_dir
-        late_dir = _fold_dir(teacher_run, self.fold) / "late"
+        late_dir = RunLayout(teacher_run).method_dir(self.fold, "late")
         own_run = teacher_run.resolve() == self.run_dir.resolve()
         if not own_run:
             check_teacher_split(teacher_run, self.fold, [self.arrays.cell_ids[i] for i in self.val_idx])
-        if not _done(late_dir):
+        if not method_is_done(late_dir):
             if not own_run:
                 raise DataError(f"{late_dir}: no late-fusion teacher for fold {self.fold} in --teachers {teacher_run}")
             log.info("fold %d: training the late-fusion teachers first", self.fold)
             self.run("late")
         check_teacher_split(teacher_run, self.fold, [self.arrays.cell_ids[i] for i in self.val_idx])
-        model, spec, _ = load_model(late_dir / "model.pt", device=str(self.device))
+        model, spec, _ = load_model(late_dir / CHECKPOINT, device=str(self.device))
         if tuple(spec.modalities) != self.arrays.modalities or tuple(spec.classes) != self.arrays.classes:
-            raise SpecError(f"{late_dir / 'model.pt'}: teacher lights/classes differ from the dataset's")
+            raise SpecError(f"{late_dir / CHECKPOINT}: teacher lights/classes differ from the dataset's")
         for p in model.parameters():
             p.requires_grad_(False)
-        return TeacherModel(to_training_layout(model), spec, str(late_dir / "model.pt"))
+        return TeacherModel(to_training_layout(model), spec, str(late_dir / CHECKPOINT))
 
 
 def run_cv(data: Any, cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True,
@@ -200,7 +193,7 @@ def run_cv(data: Any, cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: b
         arrays = load_arrays(data, cfg.img_size)
     parse_method(cfg.method, arrays.modalities)
     if ctx.is_main and write_config:
-        atomic_write_text(run_dir / "config.json", cfg.to_json())
+        atomic_write_text(RunLayout(run_dir).config, cfg.to_json())
     folds = make_folds(arrays.labels, arrays.groups, cfg.folds, cfg.seed)
     results: dict[int, dict[str, Any]] = {}
     for k in cfg.folds_to_run:

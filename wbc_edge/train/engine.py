@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wbc_edge.bundle import atomic_write_text
+from wbc_edge.run_layout import CHECKPOINT, HISTORY, METRICS, RESUME_STATE
 from wbc_edge.errors import SpecError
 from wbc_edge.spec import ModelSpec, spec_for
 from wbc_edge.train.augment import RowAugment
@@ -372,7 +373,7 @@ def fit(cfg: TrainConfig, plan: MethodPlan, labels: np.ndarray, train_idx: np.nd
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    last_path = method_dir / "last.pt"
+    last_path = method_dir / RESUME_STATE
     if last_path.exists():
         if not resume:
             raise SpecError(f"{last_path}: an interrupted run is here; pass --resume to continue it or use another --out")
@@ -412,7 +413,7 @@ def fit(cfg: TrainConfig, plan: MethodPlan, labels: np.ndarray, train_idx: np.nd
             if scaler.is_enabled():
                 state["scaler"] = scaler.state_dict()
             save_payload(last_path, state)
-            atomic_write_text(method_dir / "history.csv", _history_csv(history))
+            atomic_write_text(method_dir / HISTORY, _history_csv(history))
         ctx.barrier()
         log.info("fold %d %s epoch %d/%d: loss %.4f val acc %.4f (%.1fs)", fold, plan.name, epoch + 1, cfg.epochs,
                  row.get("train_loss", float("nan")), row.get("val_accuracy") or float("nan"), row["seconds"])
@@ -424,7 +425,7 @@ def fit(cfg: TrainConfig, plan: MethodPlan, labels: np.ndarray, train_idx: np.nd
     metrics.update({"fold": fold, "method": plan.name, "epochs": cfg.epochs, "n_train": int(len(train_idx)),
                     "n_val": int(len(val_idx))})
     if ctx.is_main:
-        save_release(method_dir / "model.pt", model, plan.spec, cfg.to_dict(), metrics)
-        atomic_write_text(method_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+        save_release(method_dir / CHECKPOINT, model, plan.spec, cfg.to_dict(), metrics)
+        atomic_write_text(method_dir / METRICS, json.dumps(metrics, indent=2, sort_keys=True))
     ctx.barrier()
     return metrics

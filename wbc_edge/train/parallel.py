@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import multiprocessing as mp
 import numpy as np
 
-from wbc_edge.train.config import TrainConfig, method_dirname, parse_method
+from wbc_edge.run_layout import RunLayout
+from wbc_edge.train.config import TrainConfig, parse_method
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,11 @@ def _priority(task: Task) -> tuple[int, int]:
 
 
 def _finished(run_dir: Path, task: Task) -> bool:
-    d = Path(run_dir) / "folds" / f"fold{task[1]}" / method_dirname(task[0])
-    return (d / "model.pt").is_file() and (d / "metrics.json").is_file()
+    return RunLayout(run_dir).is_done(task[1], task[0])
 
 
 def _metrics(run_dir: Path, task: Task) -> dict[str, Any]:
-    path = Path(run_dir) / "folds" / f"fold{task[1]}" / method_dirname(task[0]) / "metrics.json"
+    path = RunLayout(run_dir).metrics(task[1], task[0])
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -161,7 +161,7 @@ def run_parallel(arrays, cfg: TrainConfig, run_dir: str | os.PathLike, methods: 
         return results
     # Splits are written once here, so workers only ever check them.
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", cfg.to_json())
+    atomic_write_text(RunLayout(run_dir).config, cfg.to_json())
     all_folds = make_folds(arrays.labels, arrays.groups, cfg.folds, cfg.seed)
     for k in folds:
         write_or_check_split(run_dir, k, arrays, *all_folds[k], True)

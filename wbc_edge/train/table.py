@@ -18,7 +18,7 @@ from wbc_edge.bundle import atomic_write_text
 from wbc_edge.errors import DataError, WbcError
 from wbc_edge.spec import CLASS_ABBREV
 from wbc_edge.train.complexity import complexity_rows
-from wbc_edge.train.config import method_dirname
+from wbc_edge.run_layout import RunLayout, method_dirname
 from wbc_edge.train.metrics import SCALAR_METRICS, mean_std, summarize_folds
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def method_label(method: str) -> str:
 # ---- reading finished folds -------------------------------------------------------------------
 
 def fold_metrics_path(run_dir: Path, fold: int, method: str) -> Path:
-    return Path(run_dir) / "folds" / f"fold{fold}" / method_dirname(method) / "metrics.json"
+    return RunLayout(run_dir).metrics(fold, method)
 
 
 def _metrics_from_file(path: Path) -> dict[str, Any]:
@@ -386,7 +386,7 @@ def write_table_plots(table: Mapping[str, Any], dataset, run_dir: Path, folds: S
         if confusion is not None:
             written.append(P.plot_confusion(confusion, table["classes"], out / f"confusion-{name}.png",
                                             title=f"Confusion matrix, {method_label(method)}, all folds"))
-        history = run_dir / "folds" / f"fold{folds[0]}" / name / "history.csv"
+        history = RunLayout(run_dir).history(folds[0], method)
         if history.is_file():
             try:
                 written.append(P.plot_learning_curves(history, out / f"learning-{name}.png",
@@ -418,8 +418,8 @@ def figure4(dataset, run_dir: Path, fold: int, method: str, out_png: Path, max_c
     from wbc_edge.train import plots as P
     from wbc_edge.train.checkpoint import load_model
 
-    model_path = run_dir / "folds" / f"fold{fold}" / method_dirname(method) / "model.pt"
-    split_path = run_dir / "folds" / f"fold{fold}" / "split.json"
+    model_path = RunLayout(run_dir).checkpoint(fold, method)
+    split_path = RunLayout(run_dir).split(fold)
     if not model_path.is_file() or not split_path.is_file():
         log.info("Figure 4 for %s: no %s or %s", method, model_path, split_path)
         return None
