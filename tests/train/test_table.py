@@ -10,7 +10,7 @@ import pytest
 from wbc_edge.errors import DataError
 from wbc_edge.run_layout import method_dirname
 from wbc_edge.train.config import TrainConfig
-from wbc_edge.train.metrics import compute_metrics
+from wbc_edge.metrics import compute_metrics
 from wbc_edge.cli.train import main_table
 from wbc_edge.train.table import (
     build_table, check_claims, order_methods, render_table_md, run_table, table_methods,

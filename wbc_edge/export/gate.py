@@ -9,9 +9,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
-from sklearn.metrics import f1_score, recall_score
 
 from wbc_edge.errors import AccuracyGateError
+from wbc_edge.metrics import as_percent, label_metrics
 from wbc_edge.spec import ModelSpec
 
 LOGGER = logging.getLogger(__name__)
@@ -39,16 +39,9 @@ def run_onnx(onnx_bytes: bytes | ort.InferenceSession, spec: ModelSpec, inputs: 
 
 
 def classification_metrics(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    idx = list(range(len(classes)))
-    recall = recall_score(labels, predicted, labels=idx, average=None, zero_division=0)
-    present = np.bincount(labels, minlength=len(classes)) > 0
-    return {
-        "weighted_f1": 100.0 * float(f1_score(labels, predicted, labels=idx, average="weighted", zero_division=0)),
-        # Macro over the classes present in the held-out cells: an absent class has no recall to lose.
-        "macro_f1": 100.0 * float(f1_score(labels, predicted, labels=[i for i in idx if present[i]], average="macro", zero_division=0)),
-        "accuracy": 100.0 * float(np.mean(labels == predicted)),
-        "per_class_recall": {c: (100.0 * float(recall[i]) if present[i] else None) for i, c in enumerate(classes)},
-    }
+    """The gate's row: the shared metrics (`wbc_edge.metrics`) in percent."""
+    m = as_percent(label_metrics(labels, predicted, classes))
+    return {k: m[k] for k in ("weighted_f1", "macro_f1", "accuracy", "per_class_recall")}
 
 
 def evaluate_precisions(

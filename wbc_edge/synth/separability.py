@@ -59,15 +59,14 @@ def probe(features: Mapping[str, np.ndarray], labels: np.ndarray, folds: int = 5
 
 def _cross_validated_scores(x: np.ndarray, labels: np.ndarray, cv) -> dict[str, float]:
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.metrics import accuracy_score, f1_score
     from sklearn.model_selection import cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from wbc_edge.metrics import label_metrics
+
     model = make_pipeline(StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"))
     pred = cross_val_predict(model, x, labels, cv=cv)
-    return {
-        "accuracy": float(accuracy_score(labels, pred)),
-        "macro_f1": float(f1_score(labels, pred, average="macro")),
-        "weighted_f1": float(f1_score(labels, pred, average="weighted")),
-    }
+    classes, y_true = np.unique(labels, return_inverse=True)
+    m = label_metrics(y_true, np.searchsorted(classes, pred), classes)
+    return {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1")}

@@ -300,7 +300,7 @@ def evaluate(model: nn.Module, x: np.ndarray, labels: np.ndarray, pool: np.ndarr
     """Metrics of the heads' averaged probabilities on `pool`. With `full` also: per-head metrics, the
     head-independence measure (head k given only light k, other slots at the missing fill) and the
     accuracy with each light missing (the present lights' heads averaged)."""
-    from wbc_edge.train.metrics import compute_metrics
+    from wbc_edge.metrics import compute_metrics
 
     y = labels[pool]
     logits = predict_logits(model, x, pool, spec, device, batch_size)

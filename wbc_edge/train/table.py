@@ -19,7 +19,7 @@ from wbc_edge.errors import DataError, WbcError
 from wbc_edge.spec import CLASS_ABBREV
 from wbc_edge.train.complexity import complexity_rows
 from wbc_edge.run_layout import RunLayout, method_dirname
-from wbc_edge.train.metrics import SCALAR_METRICS, mean_std, summarize_folds
+from wbc_edge.metrics import SCALAR_METRICS, mean_std, summarize_folds
 
 log = logging.getLogger(__name__)
 

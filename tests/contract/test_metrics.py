@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from wbc_edge.errors import DataError
-from wbc_edge.train.metrics import compute_metrics, summarize_folds
+from wbc_edge.metrics import compute_metrics, summarize_folds
 
 CLASSES = ("neutrophil", "lymphocyte", "eosinophil")
 
@@ -120,3 +120,18 @@ def test_summarize_folds_mean_std_and_missing_values():
     assert s["confusion"] == [[4, 2], [2, 4]]
     with pytest.raises(DataError):
         summarize_folds([])
+
+
+def test_the_gate_and_training_share_one_definition():
+    from wbc_edge.export.gate import classification_metrics
+
+    # Class 2 is absent from the labels but predicted once: macro F1 averages the present classes only.
+    y_true = np.array([0, 0, 1, 1, 1, 0])
+    y_pred = np.array([0, 2, 1, 1, 0, 0])
+    train = compute_metrics(y_true, one_hot_probs(list(y_pred), 3), CLASSES)
+    gate = classification_metrics(y_true, y_pred, CLASSES)
+    per = [counted(list(y_true), list(y_pred), k) for k in range(2)]
+    assert train["macro_f1"] == pytest.approx((per[0]["f1"] + per[1]["f1"]) / 2)
+    for name in ("weighted_f1", "macro_f1", "accuracy"):
+        assert gate[name] == pytest.approx(100 * train[name])
+    assert gate["per_class_recall"][CLASSES[2]] is None and train["per_class_recall"][CLASSES[2]] is None

@@ -1,9 +1,11 @@
-"""Classification metrics of the paper's Table 1, per fold and summarised over folds.
+"""Classification metrics, one definition for training (Table 1), the accuracy gate and the bench.
 
 The paper reports weighted F1, sensitivity, specificity and AUC. With basophils at 0.3% a weighted
 score hides the rare classes, so accuracy, macro F1, per-class recall and the confusion matrix are
-reported beside them. Everything here is NumPy + scikit-learn (no torch), so export and benchmarks
-can reuse it.
+reported beside them. Values are fractions; `as_percent` gives the gate's and bench's percent view.
+Macro F1 averages the classes present in the labels: a class absent from the held-out cells has no
+recall to lose (cells wrongly called that class still lower the other classes' recall).
+NumPy + scikit-learn only (no torch).
 """
 from __future__ import annotations
 
@@ -75,32 +77,53 @@ def weighted_ovr_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(np.average(aucs, weights=weights))
 
 
-def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Table 1 metrics for one fold from integer labels [N] and class probabilities [N, K].
+def label_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Metrics of predicted labels against true labels (integers in 0..K-1), as fractions.
 
-    Prediction is the arg-max class. Weighted scores use the true-class support as weights;
-    sensitivity is the weighted recall (which equals accuracy by construction), specificity the
-    weighted per-class TN/(TN+FP). Macro F1 averages the classes that occur in the labels or the
-    predictions. Per-class recall is None for a class with no sample in this fold.
+    Weighted scores use the true-class support as weights; sensitivity is the weighted recall (which
+    equals accuracy by construction), specificity the weighted per-class TN/(TN+FP). Per-class recall
+    is None for a class with no sample.
     """
-    y_true, probs = _check_inputs(y_true, probs, classes)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
     labels = list(range(len(classes)))
-    y_pred = probs.argmax(axis=1)
     confusion = confusion_matrix(y_true, y_pred, labels=labels)
     support = confusion.sum(axis=1)
+    present = [k for k in labels if support[k] > 0]
     recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     return {
         "n": int(y_true.size),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         "sensitivity": float(recall_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         "specificity": weighted_specificity(confusion),
-        "auc": weighted_ovr_auc(y_true, probs),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "per_class_recall": {c: (float(recalls[k]) if support[k] > 0 else None) for k, c in enumerate(classes)},
         "support": {c: int(support[k]) for k, c in enumerate(classes)},
         "confusion": confusion.astype(int).tolist(),
     }
+
+
+def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Table 1 metrics for one fold from integer labels [N] and class probabilities [N, K]:
+    `label_metrics` of the arg-max class, plus the weighted one-vs-rest AUC of the probabilities."""
+    y_true, probs = _check_inputs(y_true, probs, classes)
+    metrics = label_metrics(y_true, probs.argmax(axis=1), classes)
+    metrics["auc"] = weighted_ovr_auc(y_true, probs)
+    return metrics
+
+
+PERCENT_METRICS = ("weighted_f1", "macro_f1", "accuracy", "sensitivity", "specificity")
+
+
+def as_percent(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The fraction metrics in percent (the gate's and bench's tables), per-class recall too."""
+    out = dict(metrics)
+    for name in PERCENT_METRICS:
+        if out.get(name) is not None:
+            out[name] = 100.0 * out[name]
+    out["per_class_recall"] = {c: (None if r is None else 100.0 * r) for c, r in metrics["per_class_recall"].items()}
+    return out
 
 
 def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
