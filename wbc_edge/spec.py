@@ -29,6 +29,18 @@ DEFAULT_MEAN = (127.5, 127.5, 127.5)
 DEFAULT_STD = (64.0, 64.0, 64.0)
 
 
+# Model input sizes in px: below 16 the backbones' five 2x downsamplings leave nothing to classify.
+INPUT_SIZE_RANGE = (16, 4096)
+
+
+def input_size_problem(value: object) -> str | None:
+    """Why `value` is not a model input size, or None when it is one."""
+    lo, hi = INPUT_SIZE_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        return f"{value!r} is not an integer in {lo}..{hi}"
+    return None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model expects and what it returns.
@@ -94,8 +106,8 @@ class ModelSpec:
             raise bad("modalities", f"need one or more distinct names, got {list(self.modalities)}")
         if self.method not in METHODS:
             raise bad("method", f"'{self.method}' is not one of {list(METHODS)}")
-        if not isinstance(self.input_size, int) or not 8 <= self.input_size <= 4096:
-            raise bad("input_size", f"{self.input_size!r} is not an integer in 8..4096")
+        if (problem := input_size_problem(self.input_size)) is not None:
+            raise bad("input_size", problem)
         if self.channel_layout not in CHANNEL_LAYOUTS:
             raise bad("channel_layout", f"'{self.channel_layout}' is not one of {list(CHANNEL_LAYOUTS)}")
         for name in ("mean", "std"):

@@ -59,12 +59,12 @@ def test_from_json_rejects_garbage_in_one_line():
 
 
 def test_cell_to_input_is_modality_major_and_fills_missing_lights_with_the_mean():
-    spec = spec_for("mimo", input_size=8, mean=((10, 20, 30), (1, 2, 3), (4, 5, 6), (7, 8, 9)))
+    spec = spec_for("mimo", input_size=16, mean=((10, 20, 30), (1, 2, 3), (4, 5, 6), (7, 8, 9)))
     rng = np.random.default_rng(0)
-    imgs = {m: rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for m in MODALITIES}
+    imgs = {m: rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for m in MODALITIES}
     imgs["color2"] = None
     x = cell_to_input(imgs, spec)
-    assert x.shape == (12, 8, 8) and x.dtype == np.uint8
+    assert x.shape == (12, 16, 16) and x.dtype == np.uint8
     np.testing.assert_array_equal(x[0:3], imgs["fluorescent"].transpose(2, 0, 1))
     np.testing.assert_array_equal(x[9:12], imgs["color3"].transpose(2, 0, 1))
     np.testing.assert_array_equal(x[6:9, 0, 0], missing_fill_value(spec, 2))
@@ -80,3 +80,19 @@ def test_cell_to_input_centre_crops_and_resizes():
     x = cell_to_input({"rgb": img}, spec)
     assert x.shape == (3, 16, 16)
     assert x.min() == 200
+
+
+def test_one_input_size_range_for_the_spec_training_and_the_cli():
+    from wbc_edge.cli.train import main as train_main
+    from wbc_edge.spec import INPUT_SIZE_RANGE
+    from wbc_edge.train.config import TrainConfig
+
+    lo, hi = INPUT_SIZE_RANGE
+    for size in (lo - 1, hi + 1):
+        with pytest.raises(SpecError, match=f"in {lo}..{hi}"):
+            spec_for("mimo", input_size=size)
+        with pytest.raises(SpecError, match=f"in {lo}..{hi}"):
+            TrainConfig(img_size=size).validate()
+        assert train_main(["complexity", "--img-size", str(size)]) == 2
+    spec_for("mimo", input_size=lo)
+    TrainConfig(img_size=lo).validate()

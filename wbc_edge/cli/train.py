@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from wbc_edge.errors import DataError, WbcError
+from wbc_edge.errors import DataError, UsageError, WbcError
+from wbc_edge.spec import input_size_problem
 
 SUBCOMMANDS = ("table", "complexity")
 
@@ -203,8 +204,8 @@ def main_complexity(argv: Sequence[str] | None = None) -> int:
         from wbc_edge.train.models import check_backbone
 
         check_backbone(args.backbone)
-        if not 16 <= args.img_size <= 4096:
-            raise DataError(f"--img-size: {args.img_size} is not in 16..4096")
+        if (problem := input_size_problem(args.img_size)) is not None:
+            raise UsageError(f"--img-size: {problem}")
         rows = complexity_rows(args.backbone, args.img_size, methods=COMPLEXITY_METHODS)
     except WbcError as e:
         print(f"wbc-train complexity: {e}", file=sys.stderr)

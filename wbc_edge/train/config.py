@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wbc_edge.errors import SpecError
+from wbc_edge.spec import input_size_problem
 
 # Method names a user types; each maps to a spec method (the network's shape).
 BASE_METHODS = ("early", "late", "mimo", "early-kd", "mimo-kd")
@@ -95,8 +96,8 @@ class TrainConfig:
             raise bad("device", f"'{self.device}' is not cpu or cuda[:N]")
         if self.jobs < 0:
             raise bad("jobs", f"must be >= 0 (0: automatic), got {self.jobs}")
-        if self.img_size < 16:
-            raise bad("img_size", f"must be >= 16, got {self.img_size}")
+        if (problem := input_size_problem(self.img_size)) is not None:
+            raise bad("img_size", problem)
 
     @property
     def peak_lr(self) -> float:
