@@ -18,6 +18,8 @@ SCHEMA_VERSION = 1
 CLASSES = ("neutrophil", "lymphocyte", "eosinophil", "monocyte", "basophil")
 CLASS_ABBREV = {"neutrophil": "NEU", "lymphocyte": "LYM", "eosinophil": "EOS", "monocyte": "MO", "basophil": "BAS"}
 MODALITIES = ("fluorescent", "color1", "color2", "color3")
+# The light cells are located in: stained nuclei glow in the dark-field fluorescence frame.
+LOCATOR_LIGHT = MODALITIES[0]
 
 METHODS = ("single", "early", "late", "mimo")
 CHANNEL_LAYOUTS = ("modality_major",)  # channels 3*i .. 3*i+2 are light i, RGB order

@@ -19,11 +19,11 @@ import numpy as np
 
 from wbc_edge.bundle import Bundle
 from wbc_edge.errors import WbcError
+from wbc_edge.spec import LOCATOR_LIGHT
 
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "assemble", "locate", "crop", "infer", "write")
-LOCATOR_LIGHT = "fluorescent"
 
 
 def write_synthetic_sets(folder: str | os.PathLike, sets: int, seed: int = 0, width: int = 640, height: int = 480) -> Path:

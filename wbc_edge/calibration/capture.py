@@ -12,7 +12,7 @@ import numpy as np
 
 from wbc_edge.calibration.sets import RECOMMENDED_MIN, CalibrationSet
 from wbc_edge.errors import CalibrationError
-from wbc_edge.spec import ModelSpec
+from wbc_edge.spec import LOCATOR_LIGHT, ModelSpec
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def capture_calibration_set(
         raise CalibrationError(f"--sets {sets}: need at least one four-light set")
     order = tuple(light_order or spec.modalities)
     crop = int(crop_px or spec.input_size)
-    locator_light = "fluorescent" if "fluorescent" in spec.modalities else spec.modalities[0]
+    locator_light = LOCATOR_LIGHT if LOCATOR_LIGHT in spec.modalities else spec.modalities[0]
     assembler = LightCycleAssembler(order)
     chunks: list[np.ndarray] = []
     ids: list[str] = []

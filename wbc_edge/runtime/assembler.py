@@ -26,11 +26,11 @@ import cv2
 import numpy as np
 
 from wbc_edge.errors import DataError
-from wbc_edge.spec import MODALITIES
+from wbc_edge.spec import LOCATOR_LIGHT, MODALITIES
 
 log = logging.getLogger(__name__)
 
-FLUORESCENT = "fluorescent"
+FLUORESCENT = LOCATOR_LIGHT
 # Frame flags (from the source's validation) that make a frame unusable for classification.
 REJECT_FRAME_FLAGS = frozenset({"black", "saturated", "truncated", "size_mismatch", "non_finite"})
 FEATURE_WIDTH = 160  # frames are compared at this width: fast, and tolerant of small shifts

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from wbc_edge.runtime.results import CellResult
-from wbc_edge.spec import CLASS_ABBREV
+from wbc_edge.spec import CLASS_ABBREV, LOCATOR_LIGHT
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def display_available() -> tuple[bool, str]:
     return True, "display present"
 
 
-def pick_view_image(images: dict[str, np.ndarray | None], fluorescent: str = "fluorescent") -> np.ndarray | None:
+def pick_view_image(images: dict[str, np.ndarray | None], fluorescent: str = LOCATOR_LIGHT) -> np.ndarray | None:
     """The first bright-field light present (what a person recognises), else the fluorescence frame."""
     for light, img in images.items():
         if light != fluorescent and img is not None:

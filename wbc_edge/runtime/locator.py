@@ -19,7 +19,7 @@ import numpy as np
 
 from wbc_edge.errors import DataError
 from wbc_edge.preprocess import cell_to_input
-from wbc_edge.spec import ModelSpec
+from wbc_edge.spec import LOCATOR_LIGHT, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def align_lights(
     *,
     reference: str | None = None,
     lights: Sequence[str] | None = None,
-    fluorescent: str = "fluorescent",
+    fluorescent: str = LOCATOR_LIGHT,
     to_fluorescent: bool = True,
     max_shift: float = 8.0,
     min_response: float = 0.05,

@@ -28,11 +28,10 @@ from wbc_edge.errors import DataError, SpecError, WbcError
 from wbc_edge.runtime.results import (FLAG_BEYOND_LIMIT, FLAG_HEADS_DISAGREE, FLAG_MISSING_PREFIX, CellResult, Differential,
                                       ResultWriter, RunSummary)
 from wbc_edge.runtime.stats import RunStats
-from wbc_edge.spec import MODALITIES
+from wbc_edge.spec import LOCATOR_LIGHT, MODALITIES
 
 log = logging.getLogger(__name__)
 
-LOCATOR_LIGHT = "fluorescent"  # stained nuclei are found in the dark-field fluorescence frame
 MISSING_LIGHT_POLICIES = ("skip", "heads")
 _END = object()  # end-of-stream marker passed down the queues
 _POLL_S = 0.05
