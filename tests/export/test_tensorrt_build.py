@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from wbc_edge.errors import BackendUnavailable, WbcError
+from wbc_edge.errors import BackendUnavailable, UsageError, WbcError
 from wbc_edge.export import tensorrt as trtx
 from support import trt_fakes as fakes
 from wbc_edge.spec import spec_for
@@ -83,7 +83,7 @@ def test_parse_version_and_trt_version(monkeypatch):
 def test_bad_options_fail_before_any_build_with_one_line(kwargs, field, trt_spec, graphs):
     fake = fakes.make_fake_tensorrt("10.3.0")
     args = {"precision": "fp16", "batch_range": (1, 8, 32), "workspace_mb": 256, "fp16_source": "auto", **kwargs}
-    with pytest.raises(trtx.TensorRTError) as e:
+    with pytest.raises(UsageError) as e:
         trtx.build_engine(graphs["fp32"], trt_spec, trt_module=fake, **args)
     assert field in str(e.value) and "\n" not in str(e.value) and isinstance(e.value, WbcError)
     assert "build_serialized_network" not in fake.rec.names()
@@ -92,7 +92,7 @@ def test_bad_options_fail_before_any_build_with_one_line(kwargs, field, trt_spec
 def test_parse_batch_range_for_the_cli():
     assert trtx.parse_batch_range("1,8,32") == (1, 8, 32)
     for bad in ("1,8", "a,b,c", "32,8,1"):
-        with pytest.raises(trtx.TensorRTError, match="batch_range"):
+        with pytest.raises(UsageError, match="batch_range"):
             trtx.parse_batch_range(bad)
 
 
@@ -228,8 +228,8 @@ def test_without_a_progress_monitor_the_build_says_it_can_take_minutes(trt_spec,
 
 
 def test_required_onnx_member_and_via_torch_tensorrt_int8_refused(trt_spec):
-    assert trtx.required_onnx_member("fp16", "10.3") == "model.fp32.onnx"
-    assert trtx.required_onnx_member("fp16", "11.1") == "model.fp16.onnx"
+    assert trtx.plan_build("10.3", "fp16").onnx_member == "model.fp32.onnx"
+    assert trtx.plan_build("11.1", "fp16").onnx_member == "model.fp16.onnx"
     with pytest.raises(trtx.TensorRTError, match="--via torch-tensorrt"):
         trtx.build_engine_via_torch_tensorrt(object(), trt_spec, "int8")
 

@@ -219,3 +219,17 @@ def test_build_bundle_engines_via_torch_tensorrt_uses_the_same_cache_key(bundle,
     assert compiled == [("MODULE", "fp16", (1, 8, 32))] and "parse" not in fake.rec.names()
     engine, key = trtx.engine_from_bundle(bundle, "fp16", cache, trt_module=fake, target=target)
     assert engine == b"tt-engine" and key == row["key"]
+
+
+def test_engine_options_on_the_command_line_are_checked_before_any_work(tmp_path, capsys):
+    from wbc_edge.cli import export as export_cli
+
+    run = tmp_path / "no-run"
+    for argv, needle in ((["--engine-batch", "1,8,32"], "give --engine too"),
+                         (["--engine", "fp16", "--engine-batch", "32,8,1"], "batch_range"),
+                         (["--engine", "int8-cpu"], "--engine 'int8-cpu'"),
+                         (["--int8", "--int8-variant", "arm"], "--int8-variant 'arm'")):
+        assert export_cli.main(["--run", str(run), "--out", str(tmp_path / "m.wbc"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "m.wbc").exists()

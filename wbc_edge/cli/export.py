@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from wbc_edge.errors import AccuracyGateError, WbcError
+from wbc_edge.errors import AccuracyGateError, UsageError, WbcError
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -40,6 +40,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--keep-float", default="", help="comma-separated node names to leave unquantized")
     p.add_argument("--no-fallback", action="store_true", help="do not keep sensitive layers in float automatically when the gate fails")
     p.add_argument("--engine", default="", help="also build TensorRT engines for this host: fp16,int8 (needs TensorRT and a CUDA GPU)")
+    p.add_argument("--engine-batch", default=None, metavar="MIN,OPT,MAX",
+                   help="engine batch range, as trtexec's min/opt/max shapes (default: 1,8,32)")
+    p.add_argument("--workspace-mb", type=int, default=None, help="TensorRT builder workspace in MiB (default: 1024)")
     p.add_argument("--via", default="onnx", choices=["onnx", "torch-tensorrt"], help="how engines are built (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, help="calibration-range cache (default: .wbc-calib-cache beside --out)")
     p.add_argument("--opset", type=int, default=17)
@@ -95,15 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     emit = logging.getLogger("wbc_edge.export").info
     try:
         engines: tuple[str, ...] = ()
+        engine_options: dict = {}
         if a.engine:
-            from wbc_edge.export.tensorrt import parse_engine_list
+            from wbc_edge.export.tensorrt import parse_batch_range, parse_engine_list
 
             engines = tuple(parse_engine_list(a.engine))
+            if a.engine_batch is not None:
+                engine_options["batch_range"] = parse_batch_range(a.engine_batch)
+            if a.workspace_mb is not None:
+                engine_options["workspace_mb"] = a.workspace_mb
+        elif a.engine_batch is not None or a.workspace_mb is not None:
+            raise UsageError("--engine-batch and --workspace-mb set how engines are built: give --engine too")
         options = ExportOptions(
             out=a.out, int8=a.int8, int8_variants=parse_list(a.int8_variant, INT8_VARIANTS, "--int8-variant"), fp16=a.fp16,
             calib_dir=a.calib, calib_size=a.calib_size, calib_method=a.calib_method, max_drop=a.max_drop, min_agreement=a.min_agreement,
             gate_data=a.gate_data, keep_float=parse_list(a.keep_float), auto_fallback=not a.no_fallback,
-            engines=engines, via=a.via, cache_dir=a.cache_dir, opset=a.opset,
+            engines=engines, engine_options=engine_options, via=a.via, cache_dir=a.cache_dir, opset=a.opset,
         )
         checkpoint = a.checkpoint if a.checkpoint is not None else checkpoint_in_run(a.run, a.method, a.fold)
         result = export_bundle(load_source(checkpoint), options, emit)

@@ -20,7 +20,7 @@ from wbc_edge import gate_report
 from wbc_edge.bundle import PRECISION_MEMBERS, WEIGHTS_MEMBER, Bundle, write_bundle
 from wbc_edge.calibration import CalibrationSet, inputs_from_dataset, labels_in_spec_order, select_calibration_set
 from wbc_edge.calibration.sets import indices_for_ids
-from wbc_edge.errors import AccuracyGateError, BackendUnavailable, CalibrationError, DataError
+from wbc_edge.errors import AccuracyGateError, BackendUnavailable, CalibrationError, DataError, UsageError
 from wbc_edge.export.gate import DEFAULT_MAX_DROP, check_gate, evaluate_precisions, format_table, gate_error
 from wbc_edge.run_layout import RunLayout, split_of_checkpoint
 from wbc_edge.spec import ModelSpec
@@ -48,6 +48,7 @@ class ExportOptions:
     keep_float: tuple[str, ...] = ()
     auto_fallback: bool = True
     engines: tuple[str, ...] = ()
+    engine_options: dict[str, Any] = field(default_factory=dict)  # batch_range, workspace_mb for build_bundle_engines
     via: str = "onnx"
     cache_dir: Path | None = None
     opset: int = 17
@@ -213,7 +214,7 @@ def export_bundle(source: ExportSource, options: ExportOptions, emit: Callable[[
     steps = StepLog(emit)
     for variant in options.int8_variants:
         if variant not in INT8_VARIANTS:
-            raise CalibrationError(f"--int8-variant '{variant}': not one of {list(INT8_VARIANTS)}")
+            raise UsageError(f"--int8-variant '{variant}': not one of {list(INT8_VARIANTS)}")
     if options.engines:
         # Fail before the long export, not after it, on a host without TensorRT.
         from wbc_edge.export import tensorrt as trt_layer
@@ -321,7 +322,8 @@ def build_engines(bundle_path: Path, options: ExportOptions, source: ExportSourc
         from wbc_edge.export.onnx_export import InferenceModel
 
         torch_module = InferenceModel(source.model, source.spec).eval()
-    return trt_layer.build_bundle_engines(Bundle.open(bundle_path), list(options.engines), via=options.via, torch_module=torch_module)
+    return trt_layer.build_bundle_engines(Bundle.open(bundle_path), list(options.engines), via=options.via, torch_module=torch_module,
+                                          **options.engine_options)
 
 
 def compare_bundle(bundle_path: Path, data: Path, max_drop: float = DEFAULT_MAX_DROP, min_agreement: float | None = None) -> dict[str, Any]:
@@ -339,7 +341,7 @@ def parse_list(text: str | None, allowed: Sequence[str] | None = None, what: str
     if allowed is not None:
         for item in items:
             if item not in allowed:
-                raise DataError(f"{what} '{item}': not one of {list(allowed)}")
+                raise UsageError(f"{what} '{item}': not one of {list(allowed)}")
     return items
 
 

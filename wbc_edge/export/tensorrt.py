@@ -52,6 +52,10 @@ class TensorRTError(WbcError):
     """An engine cannot be built or loaded: bad options, an ONNX TensorRT rejects, a failed build."""
 
 
+class TensorRTOptionError(TensorRTError, UsageError):
+    """A build option out of its range or not one of its values: a usage mistake, found before any build."""
+
+
 # ---- versions and options -------------------------------------------------------------------
 def parse_version(text: str | Sequence[int]) -> tuple[int, ...]:
     """'10.3.0.30' -> (10, 3, 0, 30); a tuple passes through. Non-numeric suffixes are dropped."""
@@ -96,12 +100,12 @@ def validate_batch_range(batch_range: Sequence[int]) -> tuple[int, int, int]:
     try:
         values = tuple(int(b) for b in batch_range)
     except (TypeError, ValueError):
-        raise TensorRTError(f"batch_range {batch_range!r}: expected three integers min,opt,max") from None
+        raise TensorRTOptionError(f"batch_range {batch_range!r}: expected three integers min,opt,max") from None
     if len(values) != 3 or any(b != v for b, v in zip(batch_range, values)):
-        raise TensorRTError(f"batch_range {tuple(batch_range)!r}: expected three integers min,opt,max")
+        raise TensorRTOptionError(f"batch_range {tuple(batch_range)!r}: expected three integers min,opt,max")
     lo, opt, hi = values
     if not 1 <= lo <= opt <= hi <= MAX_BATCH:
-        raise TensorRTError(f"batch_range {values}: need 1 <= min <= opt <= max <= {MAX_BATCH}")
+        raise TensorRTOptionError(f"batch_range {values}: need 1 <= min <= opt <= max <= {MAX_BATCH}")
     return values
 
 
@@ -110,18 +114,18 @@ def parse_batch_range(text: str) -> tuple[int, int, int]:
     try:
         values = [int(p) for p in str(text).split(",")]
     except ValueError:
-        raise TensorRTError(f"batch_range '{text}': expected three integers min,opt,max such as 1,8,32") from None
+        raise TensorRTOptionError(f"batch_range '{text}': expected three integers min,opt,max such as 1,8,32") from None
     return validate_batch_range(values)
 
 
 def validate_options(precision: str, batch_range: Sequence[int], workspace_mb: int, fp16_source: str = "auto") -> tuple[str, tuple[int, int, int], int, str]:
     """Check every build option up front, so a bad one fails before any minutes-long build starts."""
     if precision not in PRECISIONS:
-        raise TensorRTError(f"precision '{precision}': not one of {list(PRECISIONS)}")
+        raise TensorRTOptionError(f"precision '{precision}': not one of {list(PRECISIONS)}")
     if fp16_source not in FP16_SOURCES:
-        raise TensorRTError(f"fp16_source '{fp16_source}': not one of {list(FP16_SOURCES)}")
+        raise TensorRTOptionError(f"fp16_source '{fp16_source}': not one of {list(FP16_SOURCES)}")
     if not isinstance(workspace_mb, int) or isinstance(workspace_mb, bool) or workspace_mb < 16:
-        raise TensorRTError(f"workspace_mb {workspace_mb!r}: need an integer >= 16 (MiB)")
+        raise TensorRTOptionError(f"workspace_mb {workspace_mb!r}: need an integer >= 16 (MiB)")
     return precision, validate_batch_range(batch_range), workspace_mb, fp16_source
 
 
@@ -155,9 +159,9 @@ def plan_build(tensorrt_version: str | Sequence[int], precision: str, fp16_sourc
     version = parse_version(tensorrt_version)
     major = version[0]
     if precision not in PRECISIONS:
-        raise TensorRTError(f"precision '{precision}': not one of {list(PRECISIONS)}")
+        raise TensorRTOptionError(f"precision '{precision}': not one of {list(PRECISIONS)}")
     if fp16_source not in FP16_SOURCES:
-        raise TensorRTError(f"fp16_source '{fp16_source}': not one of {list(FP16_SOURCES)}")
+        raise TensorRTOptionError(f"fp16_source '{fp16_source}': not one of {list(FP16_SOURCES)}")
     if major < SUPPORTED_MAJORS[0]:
         raise TensorRTError(f"TensorRT {version_text(version)}: wbc-edge builds with TensorRT 10.x or 11.x")
     if major > SUPPORTED_MAJORS[-1]:
@@ -292,7 +296,7 @@ def build_engine(
 ) -> bytes:
     """Build a serialized engine from an ONNX file or bytes; return the engine bytes.
 
-    `onnx` must be the graph `plan_build` names for this TensorRT and precision (`required_onnx_member`
+    `onnx` must be the graph `plan_build` names for this TensorRT and precision (`plan_build(...).onnx_member`
     tells which bundle member). `trt_module` is for tests (a fake); normally `tensorrt` is imported.
     """
     precision, batch_range, workspace_mb, fp16_source = validate_options(precision, batch_range, workspace_mb, fp16_source)
@@ -348,14 +352,6 @@ def build_engine(
         if cache is not None:
             atomic_write_bytes(cache_path, bytes(cache.serialize()))
     return engine
-
-
-def required_onnx_member(precision: str, tensorrt_version: str | Sequence[int] | None = None, fp16_source: str = "auto") -> str:
-    """The bundle member a build of `precision` parses on this (or the given) TensorRT."""
-    version = tensorrt_version if tensorrt_version is not None else trt_version()
-    if version is None:
-        raise BackendUnavailable("tensorrt: not installed, so which ONNX to build from cannot be decided")
-    return plan_build(version, precision, fp16_source).onnx_member
 
 
 def build_engine_via_torch_tensorrt(module: Any, spec: ModelSpec, precision: str, batch_range: Sequence[int] = DEFAULT_BATCH_RANGE) -> bytes:
@@ -538,7 +534,7 @@ class EngineCache:
         """
         batch_range = validate_batch_range(batch_range)
         if precision not in PRECISIONS:
-            raise TensorRTError(f"precision '{precision}': not one of {list(PRECISIONS)}")
+            raise TensorRTOptionError(f"precision '{precision}': not one of {list(PRECISIONS)}")
         target = target if target is not None else current_target(build_kwargs.get("trt_module"))
         onnx_sha = sha256_bytes(onnx_bytes)
         key = engine_cache_key(onnx_sha, target.tensorrt_version, target.gpu_name, target.compute_capability, precision, batch_range)
@@ -591,13 +587,13 @@ def parse_engine_list(text: str) -> list[str]:
     """'fp16,int8' -> ['fp16', 'int8'] (the `--engine` option); 'int8-trt' is accepted for 'int8'."""
     names = [t.strip() for t in str(text).split(",") if t.strip()]
     if not names:
-        raise UsageError(f"--engine: name one or more of {', '.join(PRECISIONS)} (comma-separated)")
+        raise TensorRTOptionError(f"--engine: name one or more of {', '.join(PRECISIONS)} (comma-separated)")
     engines = []
     for n in names:
         try:
             engines.append(precisions.engine_precision(n))
         except UsageError:
-            raise UsageError(f"--engine '{n}': not one of {list(PRECISIONS)}") from None
+            raise TensorRTOptionError(f"--engine '{n}': not one of {list(PRECISIONS)}") from None
     return list(dict.fromkeys(engines))
 
 
@@ -613,7 +609,7 @@ def build_bundle_engines(bundle: Any, precisions: Sequence[str], cache: EngineCa
     the ONNX member the ONNX path would use, since it is the same model.
     """
     if via not in ("onnx", "torch-tensorrt"):
-        raise TensorRTError(f"--via '{via}': not one of ['onnx', 'torch-tensorrt']")
+        raise TensorRTOptionError(f"--via '{via}': not one of ['onnx', 'torch-tensorrt']")
     if via == "torch-tensorrt" and torch_module is None:
         raise TensorRTError("--via torch-tensorrt: needs the PyTorch model (a checkpoint), not only a bundle")
     batch_range = validate_batch_range(batch_range)

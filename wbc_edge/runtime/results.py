@@ -325,11 +325,3 @@ def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
         backend=str(header.get("backend", "")), precision=str(header.get("precision", "")),
         results_path=str(results_jsonl), bad_lines=bad, runs_in_file=len(runs), cells_discarded=discarded,
         stop_reason="rebuilt from results file")
-
-
-def count_flags(results: Iterable[CellResult]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in results:
-        for f in r.flags:
-            out[f] = out.get(f, 0) + 1
-    return out
