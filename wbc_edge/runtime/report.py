@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from wbc_edge.bundle import atomic_write_text
+from wbc_edge.outputs import REPORT_MARKER
 from wbc_edge.data.images import encode_image
 from wbc_edge.runtime.results import RunSummary
 from wbc_edge.spec import CLASS_ABBREV
@@ -92,7 +93,7 @@ def render_report(summary: RunSummary, gallery: Mapping[str, Sequence[np.ndarray
         imgs = "".join(_img_tag(c, f"{label} {i + 1}") for i, c in enumerate(crops)) or '<span class="note">none seen</span>'
         gallery_html.append(f'<div class="row"><span class="label">{esc(label)}</span><span class="gallery">{imgs}</span></div>')
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{_CSS}</style></head>
+<html lang="en"><head><meta charset="utf-8">{REPORT_MARKER}<title>{esc(title)}</title><style>{_CSS}</style></head>
 <body>
 <h1>{esc(title)}</h1>
 <p class="note">{summary.total_cells} cells classified by the four-light MM-MIMO classifier. The 95% interval
