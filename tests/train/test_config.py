@@ -36,3 +36,37 @@ def test_bad_learning_rate_is_refused_and_the_config_round_trips():
         TrainConfig(lr=0.0).validate()
     cfg = TrainConfig(backbone="resnet34", fold_subset=[0, 2])
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_every_training_option_is_declared_once_and_reaches_the_config():
+    import dataclasses
+
+    from wbc_edge.cli.train import config_from_args, get_args_parser, get_table_parser
+    from wbc_edge.train.config import TrainConfig
+
+    base = ["--data", "d", "--out", "o"]
+    assert config_from_args(get_args_parser().parse_args(base)) == TrainConfig()
+    # A non-default value for every field that has an option; each must land in its field.
+    changed = {"method": "early", "backbone": "resnet18", "img_size": 32, "epochs": 3, "batch_size": 16, "lr": 1e-4,
+               "weight_decay": 0.01, "warmup_epochs": 0.5, "label_smoothing": 0.1, "seed": 4, "folds": 3,
+               "fold_subset": [1, 2], "rho": 0.25, "batch_repetition": 3, "light_dropout": 0.2, "solo_rows": 0.5,
+               "kd_temperature": 2.0, "kd_alpha": 0.7, "randaugment_n": 1, "randaugment_m": 5, "amp": False,
+               "device": "cuda:1", "num_workers": 0, "threads": 2, "jobs": 2, "teachers": "t", "pretrained_weights": "w.pth",
+               "eval_batch_size": 64}
+    assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}, "a new field needs a value here"
+    argv = list(base)
+    for name, value in changed.items():
+        if name == "randaugment_m":
+            continue
+        if name == "randaugment_n":
+            argv += ["--randaugment", "1", "5"]
+        elif name == "amp":
+            argv += ["--no-amp"]
+        elif name == "fold_subset":
+            argv += ["--fold-subset", "1,2"]
+        else:
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    assert config_from_args(get_args_parser().parse_args(argv)) == TrainConfig(**changed)
+    # The table takes the same options (its --method is chosen per row).
+    table = config_from_args(get_table_parser().parse_args(argv))
+    assert table.replace(method="early") == TrainConfig(**changed)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from wbc_edge.cli.args import Parser
 from wbc_edge.errors import DataError, UsageError, WbcError
 from wbc_edge.spec import input_size_problem
 
@@ -27,65 +28,59 @@ def _fold_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of fold numbers") from None
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+# How a field's annotation becomes an argparse type (None-able fields default to None).
+_TYPES = {"int": int, "float": float, "str": str, "list[int]": _fold_list}
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field that declares one (`wbc_edge.train.config.option`)."""
+    import dataclasses
+
     from wbc_edge.train.config import TrainConfig
 
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="wbc-train", add_help=add_help,
-                                description="Train a Table 1 method with k-fold cross-validation "
-                                            "(subcommands: table, complexity).")
+    group = p.add_argument_group("training options")
+    for f in dataclasses.fields(TrainConfig):
+        cli = f.metadata.get("cli")
+        if cli is None:
+            continue
+        flag = cli["flag"] or "--" + f.name.replace("_", "-")
+        kind = str(f.type).replace(" | None", "")
+        if f.name == "randaugment_n":  # one option, two fields
+            group.add_argument(flag, dest="randaugment", type=int, nargs=2, metavar=("N", "M"),
+                               default=[TrainConfig.randaugment_n, TrainConfig.randaugment_m],
+                               help=cli["help"] + " (default %(default)s)")
+        elif kind == "bool":
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=cli["help"] + " (default %(default)s)")
+        else:
+            shown = "" if f.default is None else " (default %(default)s)"
+            metavar = cli["metavar"] or {"int": "N", "float": "X"}.get(kind)
+            group.add_argument(flag, dest=f.name, type=_TYPES[kind], default=f.default, metavar=metavar,
+                               help=cli["help"] + shown)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = Parser(prog="wbc-train", add_help=add_help,
+               description="Train a Table 1 method with k-fold cross-validation (subcommands: table, complexity).")
     p.add_argument("--data", help="dataset folder or manifest CSV")
-    p.add_argument("--method", default=d.method,
-                   help="single:<light>, early, late, mimo, early-kd or mimo-kd (default %(default)s)")
-    p.add_argument("--backbone", default=d.backbone, help="backbone (see --list-backbones; default %(default)s)")
-    p.add_argument("--list-backbones", action="store_true", help="print the backbone names and exit")
     p.add_argument("--out", help="run directory")
-    p.add_argument("--folds", type=int, default=d.folds, help="cross-validation folds (default %(default)s)")
-    p.add_argument("--fold-subset", type=_fold_list, default=None, help="only these folds, e.g. 0,1")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
-    p.add_argument("--img-size", type=int, default=d.img_size, help="input size in px (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default %(default)s)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="AdamW peak learning rate (default: per backbone, 4e-3 ShuffleNetV2, 1e-3 ResNet)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="default %(default)s")
-    p.add_argument("--seed", type=int, default=d.seed, help="folds, init, sampling, augmentation (default %(default)s)")
-    p.add_argument("--teachers", default=None, help="run dir with late-fusion teachers for *-kd (default: --out)")
-    p.add_argument("--rho", type=float, default=d.rho, help="MIMO input repetition (default %(default)s)")
-    p.add_argument("--batch-repetition", type=int, default=d.batch_repetition, help="MIMO (default %(default)s)")
-    p.add_argument("--light-dropout", type=float, default=d.light_dropout, help="MIMO (default %(default)s)")
-    p.add_argument("--solo-rows", type=float, default=d.solo_rows,
-                   help="MIMO: fraction of rows that keep one light only (default %(default)s)")
-    p.add_argument("--kd-temperature", type=float, default=d.kd_temperature, help="default %(default)s")
-    p.add_argument("--kd-alpha", type=float, default=d.kd_alpha, help="KD weight (default %(default)s)")
-    p.add_argument("--randaugment", type=int, nargs=2, metavar=("N", "M"),
-                   default=[d.randaugment_n, d.randaugment_m], help="RandAugment ops and magnitude (default 2 18; 0 0 = off)")
-    p.add_argument("--pretrained-weights", default=None, help="local backbone state_dict (.pth) to start from")
-    p.add_argument("--device", default=d.device, help="cpu or cuda[:N] (default %(default)s)")
-    p.add_argument("--no-amp", action="store_true", help="CUDA: train in FP32 instead of mixed precision")
-    p.add_argument("--num-workers", type=int, default=d.num_workers, help="batches prepared ahead (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per training (default: torch's choice; with --jobs: cores / jobs)")
-    p.add_argument("--jobs", type=int, default=d.jobs,
-                   help="trainings (method x fold) run side by side in worker processes (default 0: one per "
-                        "core up to 4 on a CPU, 1 on CUDA; 1: one after the other in this process)")
+    p.add_argument("--list-backbones", action="store_true", help="print the backbone names and exit")
     p.add_argument("--resume", action="store_true", help="continue a method an interrupted run left half-done")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (logs and results still print)")
+    add_training_options(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace):
+    """The TrainConfig the parsed options describe, validated (one-line error before any work)."""
+    import dataclasses
+
     from wbc_edge.train.config import TrainConfig
 
-    cfg = TrainConfig(method=args.method, backbone=args.backbone, img_size=args.img_size, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      warmup_epochs=args.warmup_epochs, seed=args.seed, folds=args.folds,
-                      fold_subset=args.fold_subset, rho=args.rho, batch_repetition=args.batch_repetition,
-                      light_dropout=args.light_dropout, solo_rows=args.solo_rows, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
-                      randaugment_n=args.randaugment[0], randaugment_m=args.randaugment[1], amp=not args.no_amp,
-                      device=args.device, num_workers=args.num_workers, threads=args.threads, jobs=args.jobs,
-                      teachers=args.teachers, pretrained_weights=args.pretrained_weights)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    values["randaugment_n"], values["randaugment_m"] = args.randaugment
+    cfg = TrainConfig(**values)
     cfg.validate()
     return cfg
 
@@ -137,22 +132,17 @@ def _train(data: str, cfg, out: str, resume: bool, ctx, progress: bool = True) -
     """One method's folds (and the teachers they need): side by side on worker processes when
     `--jobs` (or auto) allows more than one, else in this process (also every torchrun rank)."""
     from wbc_edge.data import open_dataset
-    from wbc_edge.train.cv import run_cv
-    from wbc_edge.train.parallel import train_side_by_side
+    from wbc_edge.train.parallel import train_methods
 
     if ctx.enabled and cfg.jobs > 1:
-        raise WbcError("--jobs runs trainings side by side in one process tree; under torchrun leave it out")
-    dataset = open_dataset(data)
-    done = train_side_by_side(dataset, cfg, out, [cfg.method], resume=resume, progress=progress,
-                              distributed=ctx.enabled)
-    if done is None:
-        return run_cv(dataset, cfg, out, resume=resume, ctx=ctx, progress=progress)
+        raise UsageError("--jobs runs trainings side by side in one process tree; under torchrun leave it out")
+    done = train_methods(open_dataset(data), cfg, out, [cfg.method], resume=resume, progress=progress, ctx=ctx)
     return {fold: metrics for (method, fold), metrics in done.items() if method == cfg.method}
 
 
 def get_table_parser() -> argparse.ArgumentParser:
     """wbc-train's training options (one definition, shared) plus the table's own."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="wbc-train table", parents=[get_args_parser(add_help=False)], conflict_handler="resolve",
         description="Run every method of the paper's Table 1 with cross-validation and write "
                     "RUN/table.md, RUN/table.json and RUN/plots/. Finished methods are reused.")
@@ -193,7 +183,7 @@ def main_table(argv: Sequence[str] | None = None) -> int:
 
 def main_complexity(argv: Sequence[str] | None = None) -> int:
     """`wbc-train complexity`: Table 1's MACs and params for a backbone, without training."""
-    parser = argparse.ArgumentParser(prog="wbc-train complexity",
+    parser = Parser(prog="wbc-train complexity",
                                      description="Print MACs (fvcore) and parameters of every Table 1 model.")
     parser.add_argument("--backbone", default="shufflenet_v2_x1_0", help="backbone name (default %(default)s)")
     parser.add_argument("--img-size", type=int, default=224, help="input size in px (default %(default)s)")

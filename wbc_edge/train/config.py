@@ -34,38 +34,51 @@ DEFAULT_LR = {"shufflenet_v2_x1_0": 4e-3, "shufflenet_v2_x0_5": 4e-3, "resnet34"
 
 
 
+def option(help: str, *, flag: str | None = None, metavar: str | None = None) -> dict[str, Any]:
+    """Field metadata that makes a TrainConfig field a wbc-train option (the one declaration)."""
+    return {"cli": {"help": help, "flag": flag, "metavar": metavar}}
+
+
+def _field(default: Any, help: str, **kw: Any) -> Any:
+    return dataclasses.field(default=default, metadata=option(help, **kw))
+
+
 @dataclass
 class TrainConfig:
-    method: str = "mimo-kd"
-    backbone: str = "shufflenet_v2_x1_0"
-    img_size: int = 64
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float | None = None  # None: the backbone's DEFAULT_LR (see peak_lr)
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    folds: int = 5
-    fold_subset: list[int] | None = None
+    """Every training option: `wbc-train` and `wbc-train table` derive their options from these fields."""
+
+    method: str = _field("mimo-kd", "single:<light>, early, late, mimo, early-kd or mimo-kd")
+    backbone: str = _field("shufflenet_v2_x1_0", "backbone (see --list-backbones)")
+    img_size: int = _field(64, "input size in px", metavar="PX")
+    epochs: int = _field(30, "training epochs", metavar="N")
+    batch_size: int = _field(64, "batch size per process", metavar="N")
+    lr: float | None = _field(None, "AdamW peak learning rate (default: per backbone, 4e-3 ShuffleNetV2, 1e-3 ResNet)")
+    weight_decay: float = _field(0.05, "AdamW weight decay")
+    warmup_epochs: float = _field(1.0, "linear warm-up before the cosine decay, in epochs")
+    label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy")
+    seed: int = _field(0, "folds, init, sampling, augmentation")
+    folds: int = _field(5, "cross-validation folds")
+    fold_subset: list[int] | None = _field(None, "only these folds, e.g. 0,1", metavar="K,K")
     # MM-MIMO recipe (see docs/training.md for the measurements behind the defaults)
-    rho: float = 0.5
-    batch_repetition: int = 2
-    light_dropout: float = 0.1
-    solo_rows: float = 0.0  # fraction of MIMO rows that keep one light only
+    rho: float = _field(0.5, "MIMO input repetition")
+    batch_repetition: int = _field(2, "MIMO batch repetition")
+    light_dropout: float = _field(0.1, "MIMO: chance that a light is blanked in a training row")
+    solo_rows: float = _field(0.0, "MIMO: fraction of rows that keep one light only")
     # knowledge distillation
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.3  # measured: 1.0 pulls the heads toward weak single-light teachers (docs/training.md)
-    randaugment_n: int = 2
-    randaugment_m: int = 18
-    amp: bool = True  # CUDA only; ignored on CPU
-    device: str = "cpu"
-    num_workers: int = 1  # batches prepared ahead by one background thread (0: in the training loop)
-    threads: int | None = None  # torch intra-op threads (None: torch's default; with jobs > 1: cores // jobs)
-    jobs: int = 0  # trainings (method x fold) side by side in worker processes; 0: auto (parallel.resolve_jobs)
-    teachers: str | None = None  # run dir holding late-fusion teachers (default: the output run dir)
-    pretrained_weights: str | None = None
-    eval_batch_size: int = 128
+    kd_temperature: float = _field(4.0, "KD softmax temperature")
+    # measured: 1.0 pulls the heads toward weak single-light teachers (docs/training.md)
+    kd_alpha: float = _field(0.3, "KD weight")
+    randaugment_n: int = _field(2, "RandAugment ops and magnitude (0 0 = off)", flag="--randaugment", metavar="N M")
+    randaugment_m: int = 18  # set with randaugment_n by --randaugment N M
+    amp: bool = _field(True, "CUDA: mixed precision (--no-amp: FP32); ignored on CPU")
+    device: str = _field("cpu", "cpu or cuda[:N]")
+    num_workers: int = _field(1, "batches prepared ahead by one background thread (0: in the training loop)")
+    threads: int | None = _field(None, "torch CPU threads per training (default: torch's choice; with --jobs: cores / jobs)")
+    jobs: int = _field(0, "trainings (method x fold) side by side in worker processes (0: one per core up to 4 "
+                          "on a CPU, 1 on CUDA; 1: one after the other in this process)")
+    teachers: str | None = _field(None, "run dir with late-fusion teachers for *-kd (default: --out)")
+    pretrained_weights: str | None = _field(None, "local backbone state_dict (.pth) to start from")
+    eval_batch_size: int = _field(128, "batch size for evaluation")
 
     def validate(self) -> None:
         def bad(field: str, why: str) -> SpecError:

@@ -127,7 +127,7 @@ def _train(config: dict[str, Any], run_dir: str, resume: bool) -> dict[str, Any]
 
 def train_side_by_side(dataset, cfg: TrainConfig, run_dir: str | os.PathLike, methods: Sequence[str], *,
                        resume: bool = True, progress: bool = True,
-                       distributed: bool = False) -> dict[Task, dict[str, Any]] | None:
+                       distributed: bool = False, arrays: Any = None) -> dict[Task, dict[str, Any]] | None:
     """`run_parallel` for `methods` (teachers included) when `cfg.jobs` (or auto) gives more than one
     worker for the trainings still to do; None when one at a time it is, for the caller to train in
     its own process (also every torchrun rank)."""
@@ -137,8 +137,31 @@ def train_side_by_side(dataset, cfg: TrainConfig, run_dir: str | os.PathLike, me
     jobs = resolve_jobs(cfg, n_tasks, distributed=distributed)
     if jobs == 1:
         return None
-    return run_parallel(load_arrays(dataset, cfg.img_size), cfg, run_dir, methods, jobs=jobs, resume=resume,
-                        progress=progress)
+    if arrays is None:
+        arrays = load_arrays(dataset, cfg.img_size)
+    return run_parallel(arrays, cfg, run_dir, methods, jobs=jobs, resume=resume, progress=progress)
+
+
+def train_methods(dataset, cfg: TrainConfig, run_dir: str | os.PathLike, methods: Sequence[str], *,
+                  resume: bool = True, progress: bool = True, ctx: Any = None, arrays: Any = None) -> dict[Task, dict[str, Any]]:
+    """Train `methods` on `cfg.folds_to_run` (teachers first): side by side in worker processes when
+    `cfg.jobs` (or auto) allows more than one, else one after the other in this process (also every
+    torchrun rank, given its `ctx`). Returns {(method, fold): metrics}. The one place that decides."""
+    from wbc_edge.train.cv import load_arrays, run_cv
+
+    distributed = bool(ctx is not None and ctx.enabled)
+    done = train_side_by_side(dataset, cfg, run_dir, methods, resume=resume, progress=progress, distributed=distributed,
+                              arrays=arrays)
+    if done is not None:
+        return done
+    if arrays is None:
+        arrays = load_arrays(dataset, cfg.img_size)
+    results: dict[Task, dict[str, Any]] = {}
+    for method in methods:
+        for fold, metrics in run_cv(dataset, cfg.replace(method=method), run_dir, resume=resume, ctx=ctx,
+                                    arrays=arrays, progress=progress).items():
+            results[(method, fold)] = metrics
+    return results
 
 
 def run_parallel(arrays, cfg: TrainConfig, run_dir: str | os.PathLike, methods: Sequence[str], *, jobs: int,

@@ -321,25 +321,21 @@ def run_table(dataset, base_config, run_dir: str | Path, methods: Sequence[str] 
     arrays = None
     per_method: dict[str, list[dict[str, Any]]] = {}
     todo = [m for m in methods if finished_folds(run_dir, m, folds) is None]
+    for method in methods:
+        if method not in todo:
+            log.info("table: %s already finished in %s, reusing its folds", method, run_dir)
     if todo and run_cv is None:
-        from wbc_edge.train.parallel import train_side_by_side
+        from wbc_edge.train.cv import load_arrays
+        from wbc_edge.train.parallel import train_methods
 
-        train_side_by_side(dataset, base_config, run_dir, todo, resume=resume, progress=progress)
+        log.info("table: training %s (%d folds each)", ", ".join(todo), len(folds))
+        arrays = load_arrays(dataset, base_config.img_size)
+        train_methods(dataset, base_config, run_dir, todo, resume=resume, progress=progress, arrays=arrays)
     for method in methods:
         done = finished_folds(run_dir, method, folds)
-        if done is not None:
-            log.info("table: %s already finished in %s, reusing its %d folds", method, run_dir, len(done))
-        else:
-            log.info("table: training %s (%d folds)", method, len(folds))
-            config = base_config.replace(method=method)
-            if run_cv is not None:
-                run_cv(dataset, config, run_dir)
-            else:
-                from wbc_edge.train.cv import load_arrays, run_cv as cross_validate
-
-                if arrays is None:
-                    arrays = load_arrays(dataset, base_config.img_size)
-                cross_validate(dataset, config, run_dir, resume=resume, arrays=arrays, progress=progress)
+        if done is None:
+            if run_cv is not None and method in todo:
+                run_cv(dataset, base_config.replace(method=method), run_dir)
             done = finished_folds(run_dir, method, folds)
             if done is None:
                 raise DataError(f"{run_dir}: method '{method}' finished without a metrics.json for every fold")
