@@ -220,3 +220,36 @@ def select_calibration_set(
                 "split": "train", "seed": seed, "requested_size": size, "input_size": spec.input_size,
                 "modalities": list(spec.modalities)},
     )
+
+
+def spec_of_run(run: str | os.PathLike, fold: int, method: str) -> ModelSpec:
+    """The spec of a trained method in a run: from its spec.json when written, else its checkpoint."""
+    from wbc_edge.errors import DataError
+    from wbc_edge.run_layout import RunLayout
+
+    layout = RunLayout(run)
+    spec_json = layout.spec(fold, method)
+    if spec_json.is_file():
+        return ModelSpec.from_json(spec_json.read_text())
+    checkpoint = layout.checkpoint(fold, method)
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: no such checkpoint (run {run}, fold {fold}, method {method})")
+    from wbc_edge.train.checkpoint import load_payload  # torch only when no spec.json says it
+
+    return ModelSpec.from_dict(load_payload(checkpoint)["spec"])
+
+
+def select_from_run(run: str | os.PathLike, fold: int, method: str, size: int, seed: int = 0) -> CalibrationSet:
+    """`wbc-calib select`: a stratified calibration set from a run's fold training split, in the method's spec."""
+    from wbc_edge.data import open_dataset
+    from wbc_edge.errors import DataError
+    from wbc_edge.run_layout import RunLayout
+
+    spec = spec_of_run(run, fold, method)
+    split_path = RunLayout(run).split(fold)
+    try:
+        split = json.loads(split_path.read_text())
+        dataset_path, train_ids = split["dataset"], split["train"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise DataError(f"{split_path}: unusable split ({type(e).__name__}: {e})") from None
+    return select_calibration_set(open_dataset(dataset_path, classes=spec.classes), train_ids, spec, size, seed)

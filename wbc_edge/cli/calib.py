@@ -9,13 +9,11 @@ SHA-256 of the tensors); give it to `wbc-export --calib DIR`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from wbc_edge.errors import DataError, WbcError
-from wbc_edge.run_layout import RunLayout
+from wbc_edge.errors import WbcError
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -39,34 +37,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def spec_of_run(run: Path, fold: int, method: str):
-    """The spec stored in the run's checkpoint, read without torch when the run wrote spec.json."""
-    from wbc_edge.spec import ModelSpec
-
-    layout = RunLayout(run)
-    spec_json = layout.spec(fold, method)
-    if spec_json.is_file():
-        return ModelSpec.from_json(spec_json.read_text())
-    checkpoint = layout.checkpoint(fold, method)
-    if not checkpoint.is_file():
-        raise DataError(f"{checkpoint}: no such checkpoint (run {run}, fold {fold}, method {method})")
-    from wbc_edge.train.checkpoint import load_payload
-
-    return ModelSpec.from_dict(load_payload(checkpoint)["spec"])
-
-
 def select_main(a: argparse.Namespace) -> int:
-    from wbc_edge.calibration import select_calibration_set
-    from wbc_edge.data import open_dataset
+    from wbc_edge.calibration.sets import select_from_run
 
-    spec = spec_of_run(a.run, a.fold, a.method)
-    split_path = RunLayout(a.run).split(a.fold)
-    try:
-        split = json.loads(split_path.read_text())
-        dataset_path, train_ids = split["dataset"], split["train"]
-    except (OSError, json.JSONDecodeError, KeyError) as e:
-        raise DataError(f"{split_path}: unusable split ({type(e).__name__}: {e})") from None
-    calib = select_calibration_set(open_dataset(dataset_path, classes=spec.classes), train_ids, spec, a.size, a.seed)
+    calib = select_from_run(a.run, a.fold, a.method, a.size, a.seed)
     calib.save(a.out)
     print(f"wbc-calib: {len(calib)} training cells {calib.class_counts()} -> {a.out} (sha256 {calib.content_hash[:12]})")
     return 0
