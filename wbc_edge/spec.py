@@ -31,6 +31,10 @@ DEFAULT_MEAN = (127.5, 127.5, 127.5)
 DEFAULT_STD = (64.0, 64.0, 64.0)
 
 
+# Key under which export embeds the spec in every ONNX graph's metadata_props: the graph carries its
+# own contract, and a loader compares it with the bundle's spec.json.
+ONNX_METADATA_KEY = "wbc_edge.spec"
+
 # Model input sizes in px: below 16 the backbones' five 2x downsamplings leave nothing to classify.
 INPUT_SIZE_RANGE = (16, 4096)
 
@@ -206,3 +210,11 @@ def spec_for(method: str, modalities: tuple[str, ...] = MODALITIES, **kw: Any) -
     kw.setdefault("mean", (DEFAULT_MEAN,) * n)
     kw.setdefault("std", (DEFAULT_STD,) * n)
     return ModelSpec(method=method, modalities=tuple(modalities), heads=heads, **kw)
+
+
+def first_difference(a: ModelSpec, b: ModelSpec) -> tuple[str, Any, Any] | None:
+    """(field, a's value, b's value) of the first compared field in which two specs differ, or None."""
+    for f in dataclasses.fields(ModelSpec):
+        if f.compare and getattr(a, f.name) != getattr(b, f.name):
+            return f.name, getattr(a, f.name), getattr(b, f.name)
+    return None

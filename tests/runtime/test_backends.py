@@ -107,3 +107,24 @@ def test_tensorrt_can_pick_fp16_without_an_fp16_member(rt_bundle):
     assert _pick_precision(b, "tensorrt", "fp16")[0] == "fp16"
     with pytest.raises(BundleError, match="no fp16"):
         _pick_precision(b, "onnxruntime-cpu", "fp16")
+
+
+def test_a_graph_whose_embedded_spec_contradicts_spec_json_is_refused(tmp_path, rt_spec, rt_fakes):
+    import dataclasses
+
+    import onnx
+
+    from wbc_edge.spec import ONNX_METADATA_KEY
+
+    def with_embedded(spec) -> bytes:
+        model = onnx.load_from_string(rt_fakes.tiny_onnx(rt_spec, rt_fakes.tiny_weights(rt_spec)))
+        model.metadata_props.add(key=ONNX_METADATA_KEY, value=spec.to_json())
+        return model.SerializeToString()
+
+    same = write_bundle(tmp_path / "same.wbc", rt_spec, {"model.fp32.onnx": with_embedded(rt_spec)})
+    open_backend(same, backend="onnxruntime", precision="fp32").activate().deactivate()
+    swapped = dataclasses.replace(rt_spec, classes=tuple(reversed(rt_spec.classes)))
+    bad = write_bundle(tmp_path / "swapped.wbc", rt_spec, {"model.fp32.onnx": with_embedded(swapped)})
+    with pytest.raises(BundleError, match=r"spec.json says classes \['neutrophil'.*embedded spec says \['basophil'") as e:
+        open_backend(bad, backend="onnxruntime", precision="fp32").activate()
+    assert "\n" not in str(e.value)

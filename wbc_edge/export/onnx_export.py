@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from wbc_edge.bundle import atomic_write_bytes
-from wbc_edge.spec import ModelSpec
+from wbc_edge.spec import ONNX_METADATA_KEY, ModelSpec
 
 LOGGER = logging.getLogger(__name__)
-SPEC_METADATA_KEY = "wbc_edge.spec"
+SPEC_METADATA_KEY = ONNX_METADATA_KEY
 
 
 class InferenceModel(nn.Module):

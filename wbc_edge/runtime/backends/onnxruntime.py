@@ -6,9 +6,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from wbc_edge.errors import BackendUnavailable, BundleError
+from wbc_edge.errors import BackendUnavailable, BundleError, SpecError
 from wbc_edge.runtime.backends.base import Runner
-from wbc_edge.spec import ModelSpec
+from wbc_edge.spec import ONNX_METADATA_KEY, ModelSpec, first_difference
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ def cuda_provider_available() -> bool:
         return "CUDAExecutionProvider" in _ort().get_available_providers()
     except BackendUnavailable:
         return False
+
+
+def _show(value: Any) -> str:
+    return str(list(value)) if isinstance(value, tuple) else repr(value)
 
 
 class OnnxRuntimeRunner(Runner):
@@ -91,6 +95,17 @@ class OnnxRuntimeRunner(Runner):
             last = out.shape[-1] if out.shape else None
             if out.name in self._outputs and isinstance(last, int) and last != self.spec.num_classes:
                 raise BundleError(f"{self.name}: model output {out.name!r} has {last} classes, spec.json lists {self.spec.num_classes}")
+        embedded = self._session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+        if embedded is not None:
+            try:
+                graph_spec = ModelSpec.from_json(embedded)
+            except SpecError as e:
+                raise BundleError(f"{self.name}: the spec embedded in the graph is unreadable ({e})") from None
+            diff = first_difference(self.spec, graph_spec)
+            if diff is not None:
+                field, mine, theirs = diff
+                raise BundleError(f"{self.name}: spec.json says {field} {_show(mine)} but the graph's embedded spec says "
+                                  f"{_show(theirs)}; the bundle's parts disagree, re-export it")
 
     def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self._outputs, dict(feed))
