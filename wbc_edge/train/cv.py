@@ -30,14 +30,40 @@ from wbc_edge.train.models import LateFusion
 log = logging.getLogger(__name__)
 
 
+# A light smaller than this holds no cell to learn from; below a quarter of the input size it is
+# upsampled so far that the model learns interpolation, not morphology (warned).
+MIN_IMAGE_PX = 8
+
+
 def load_arrays(dataset: Any, img_size: int) -> CellArrays:
-    """Read every cell of a `wbc_edge.data` dataset once into a uint8 [N, 3M, S, S] stack."""
+    """Read every cell of a `wbc_edge.data` dataset once into a uint8 [N, 3M, S, S] stack.
+
+    Refuses data a classifier cannot mean anything on: fewer than two classes with cells, or a light
+    image under MIN_IMAGE_PX; warns when images are far below the input size."""
     modalities = tuple(dataset.modalities)
+    present = sorted({dataset.classes[k] for k in np.unique(np.asarray(dataset.labels, dtype=np.int64))})
+    if len(present) < 2:
+        raise DataError(f"dataset {getattr(dataset, 'source', '')}: only {len(present)} class has cells ({', '.join(present) or 'none'}); "
+                        f"a classifier needs cells of two or more classes, or every score is trivially 1.0")
     layout = spec_for("late", modalities, classes=tuple(dataset.classes), input_size=img_size)
     n = len(dataset)
     x = np.empty((n, 3 * len(modalities), img_size, img_size), dtype=np.uint8)
+    small: list[str] = []
     for i in range(n):
-        cell_to_input(dataset.load(i), layout, out=x[i])
+        images = dataset.load(i)
+        for light, image in images.items():
+            if image is None:
+                continue
+            side = min(image.shape[:2])
+            where = f"cell '{dataset.cells[i].cell_id}' light '{light}' ({image.shape[1]}x{image.shape[0]} px)"
+            if side < MIN_IMAGE_PX:
+                raise DataError(f"{where}: smaller than {MIN_IMAGE_PX} px, no cell to see")
+            if side * 4 < img_size:
+                small.append(where)
+        cell_to_input(images, layout, out=x[i])
+    if small:
+        log.warning("%d light image(s) are under a quarter of the %d px input size and upsampled more than 4x "
+                    "(e.g. %s): train at a smaller --img-size or use larger crops", len(small), img_size, small[0])
     groups = list(dataset.groups) if getattr(dataset, "groups", None) is not None else None
     return CellArrays(x=x, labels=np.asarray(dataset.labels, dtype=np.int64),
                       cell_ids=[c.cell_id for c in dataset.cells], classes=tuple(dataset.classes),
