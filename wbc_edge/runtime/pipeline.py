@@ -317,12 +317,15 @@ class Analyzer:
     # ---- the threaded run ------------------------------------------------------------------
     def analyze(self, source: Any, sink: Any = None, max_cells: int | None = None, duration: float | None = None,
                 on_result: Callable[[CellResult], None] | None = None,
-                on_set: Callable[[Any, list[CellResult]], None] | None = None) -> RunSummary:
+                on_set: Callable[[Any, list[CellResult]], None] | None = None,
+                sample: Any = None) -> RunSummary:
         """Run until the source ends, `max_cells` cells are counted, `duration` seconds pass or `stop()`.
 
         source: a FrameSource or a URI for `open_source`. sink: a results path (JSON lines, appended and
         flushed per cell), an object with `write(CellResult)`, or None. on_result is called per counted
         cell, on_set per finished set with its results (display, video), both in the caller's thread.
+        sample: the `wbc_edge.lis.SampleIdentity` counted (recorded in the header and the summary); a
+        run without one is counted but never sent to a laboratory system.
         """
         own_source = isinstance(source, (str, os.PathLike))
         source_name = str(source)
@@ -342,6 +345,7 @@ class Analyzer:
         self.gallery = {}
         state = _RunState()
         state.source_validates = _validates_frames(source)
+        self._identity = self._run_identity(sample)
         try:
             if isinstance(sink, (str, os.PathLike)):
                 writer, own_writer = ResultWriter(sink, header=self._header(source_name)), True
@@ -555,10 +559,17 @@ class Analyzer:
             g = self._gallery_light
             kept.append(np.ascontiguousarray(work.inputs[res.cell_index, 3 * g : 3 * g + 3].transpose(1, 2, 0)))
 
+    def _run_identity(self, sample: Any) -> dict[str, Any]:
+        from wbc_edge.lis.identity import device_identity, profile_serial
+
+        serial = getattr(self, "device_serial", None) or profile_serial(getattr(self, "profile", None))
+        return {"sample": sample.to_dict() if sample is not None else None,
+                "instrument": device_identity(self.bundle, serial)}
+
     def _header(self, source_name: str) -> dict[str, Any]:
         from wbc_edge import __version__
 
-        return {"classes": list(self.spec.classes), "heads": list(self.spec.heads), "source": source_name,
+        return {**getattr(self, "_identity", {}), "classes": list(self.spec.classes), "heads": list(self.spec.heads), "source": source_name,
                 "model": str(self.bundle.path), "backend": self.runner.backend, "precision": self.runner.precision,
                 "device": self.runner.device, "missing_light": self.missing_light, "batch_size": self.batch_size,
                 "crop_px": self.crop_px, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -580,4 +591,4 @@ class Analyzer:
             cells_discarded=state.cells_discarded, duration_s=snap["elapsed_s"],
             stop_reason=getattr(self, "_stop_reason", "") or "end of source", source=source_name,
             model=str(self.bundle.path), backend=self.runner.backend, precision=self.runner.precision,
-            results_path=str(getattr(writer, "path", "")) or None, stats=snap)
+            results_path=str(getattr(writer, "path", "")) or None, stats=snap, **getattr(self, "_identity", {}))
