@@ -106,3 +106,29 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_lost(tmp_path, capsys, case
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and len(err) == 1 and want in err[0] and err[0].startswith("wbc-lis: "), err
     assert [e.control_id for e in Outbox(box).entries()] == before
+
+
+def test_real_run_to_the_listener(tmp_path, capsys, listener):
+    """wbc-run on the packaged demo bundle and the simulated camera, then queue and send: the listener
+    has the sample, the cells counted and the bundle's hash as the run recorded them."""
+    import subprocess
+    import sys
+
+    from wbc_edge.bundle import sha256_file
+    from wbc_edge.cli.run import default_model
+
+    out = tmp_path / "r.jsonl"
+    r = subprocess.run([sys.executable, "-m", "wbc_edge.cli.run", "synthetic://?seed=3", "--max-cells", "20", "--quiet",
+                        "--threads", "1", "--out", str(out), "--sample-id", "E2E-1", "--device-serial", "SN-E2E"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "sample: E2E-1" in r.stdout, r.stderr
+    box = str(tmp_path / "o.sqlite")
+    assert run(capsys, "--outbox", box, "queue", str(out))[0] == 0
+    assert run(capsys, "--outbox", box, "send", "--host", "127.0.0.1", "--port", str(listener.port))[0] == 0
+    (got,) = listener.received
+    msg = hl7.parse(got.text)
+    assert got.sample_id == "E2E-1" and str(msg.segment("MSH")[3][0][1]) == "SN-E2E"
+    obx = {str(s[3][0][0]): str(s[5]) for s in msg.segments("OBX")}
+    assert obx["WBCN"] == "20"
+    assert sum(float(obx[c]) for c in ("770-8", "736-9", "5905-5", "713-8", "706-2")) == pytest.approx(100, abs=0.3)
+    assert str(msg.segments("SFT")[1][4]) == "sha256:" + sha256_file(default_model())

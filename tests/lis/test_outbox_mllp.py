@@ -205,3 +205,12 @@ def test_direct_send_message_times_out_on_a_silent_peer(listener, result_of):
     listener.default = "silent"
     with pytest.raises(TransportError, match="no ACK within 0.2 s"):
         send_message("127.0.0.1", listener.port, build_oru_r01(result_of(), "WE9"), timeout=0.2)
+
+
+def test_one_sender_at_a_time(tmp_path, result_of, listener):
+    box, ids = queued(tmp_path, result_of)
+    with box.draining():
+        with pytest.raises(OutboxError, match="another sender is draining it"):
+            drain(Outbox(box.path), mllp_transport("127.0.0.1", listener.port, timeout=5), FAST)
+    assert listener.received == [] and box.counts()["pending"] == 1
+    assert drain(box, mllp_transport("127.0.0.1", listener.port, timeout=5), FAST).sent == [ids["ACC-1"]]

@@ -14,9 +14,15 @@ import logging
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process drain lock
+    fcntl = None  # type: ignore[assignment]
 
 from wbc_edge.errors import WbcError
 from wbc_edge.lis.mllp import Ack, TransportError
@@ -118,6 +124,27 @@ class Outbox:
                 except sqlite3.Error:
                     pass
                 raise self._fail(e, doing) from None
+
+    @contextmanager
+    def draining(self) -> Iterator[None]:
+        """One sender at a time (a second `wbc-lis send` would send the same messages in parallel); the
+        kernel drops the lock of a killed sender."""
+        if fcntl is None:
+            yield
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            f = open(lock_path, "a+")
+        except OSError as e:
+            raise OutboxError(f"outbox {self.path}: cannot open its lock {lock_path} ({e.strerror or e})") from None
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutboxError(f"outbox {self.path}: another sender is draining it") from None
+            yield
+        finally:
+            f.close()  # closing releases the lock
 
     # ---- queueing -------------------------------------------------------------------------
     def enqueue(self, result: SampleResult, build: Callable[[SampleResult, str], str],
@@ -241,6 +268,11 @@ def drain(outbox: Outbox, transport: Transport, policy: SendPolicy | None = None
     """Send every pending message, oldest first, until each is acknowledged, held, or the LIS keeps
     failing (then the rest wait for the next drain: order is kept, nothing is dropped)."""
     policy = policy or SendPolicy()
+    with outbox.draining():
+        return _drain(outbox, transport, policy, sleep)
+
+
+def _drain(outbox: Outbox, transport: Transport, policy: SendPolicy, sleep: Callable[[float], None]) -> DrainReport:
     report = DrainReport()
     for entry in outbox.entries(PENDING):
         done = False
