@@ -45,6 +45,8 @@ def test_queue_status_send_replay_export(tmp_path, capsys, listener):
     (entry,) = Outbox(box).entries()
     assert entry.result.instrument["device_serial"] == "SN-9"
     assert [s.count for s in entry.result.shares] == [130, 50, 8, 10, 2]  # rebuilt from the cell lines
+    rc, out, _ = run(capsys, "--outbox", box, "queue", str(res))  # the same result again: not a second message
+    assert rc == 0 and f"already in {box} as {entry.control_id}" in out[0] and len(Outbox(box).entries()) == 1
     rc, out, _ = run(capsys, "--outbox", box, "status")
     assert rc == 0 and out[0].endswith("1 pending, 0 held, 0 sent") and entry.control_id in out[1]
 

@@ -70,7 +70,11 @@ def cmd_queue(a: argparse.Namespace) -> int:
     from wbc_edge.lis import queue_results_file
 
     box = _outbox(a)
+    known = {e.control_id for e in box.entries()} | {row["control_id"] for row in box.sent()}
     control_id = queue_results_file(box, a.results, reviewed=a.final, reference_table=a.reference_table)
+    if control_id in known:
+        print(f"{a.results}: this result is already in {a.outbox} as {control_id}; not queued twice")
+        return 0
     entry = next(e for e in box.entries() if e.control_id == control_id)
     print(f"queued sample {entry.sample_id} as {control_id} ({entry.result.status}, "
           f"{entry.result.n_cells} cells{', needs review' if entry.result.review else ''}) in {a.outbox}")

@@ -148,19 +148,29 @@ class Outbox:
 
     # ---- queueing -------------------------------------------------------------------------
     def enqueue(self, result: SampleResult, build: Callable[[SampleResult, str], str],
-                new_id: Callable[[], str]) -> str:
-        """Build the message under a fresh control id and commit it; returns the control id."""
+                new_id: Callable[[], str], again: bool = False) -> str:
+        """Build the message under a fresh control id and commit it; returns the control id.
+
+        Queueing the same result of the same sample twice (a retried script, a second `wbc-lis queue`
+        of one results file) returns the control id it already has instead of a second message under
+        a new id; `again=True` (replay) queues it anew."""
         control_id = new_id()
         message = build(result, control_id)
         payload = json.dumps(result.to_dict(), sort_keys=True)
 
-        def insert(db: sqlite3.Connection) -> None:
+        def insert(db: sqlite3.Connection) -> str:
+            if not again:
+                same = db.execute("SELECT control_id FROM outbox WHERE sample_id = ? AND result_json = ? UNION ALL "
+                                  "SELECT control_id FROM sent WHERE sample_id = ? AND result_json = ? LIMIT 1",
+                                  (result.sample.sample_id, payload, result.sample.sample_id, payload)).fetchone()
+                if same:
+                    return same[0]
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox").fetchone()[0]
             db.execute("INSERT INTO outbox (control_id, sample_id, created_at, message, result_json, seq) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (control_id, result.sample.sample_id, _now(), message, payload, seq))
+            return control_id
 
-        self._run(f"queue sample {result.sample.sample_id}", insert)
-        return control_id
+        return self._run(f"queue sample {result.sample.sample_id}", insert)
 
     def entries(self, state: str | None = None) -> list[Entry]:
         with self._connect() as db:
@@ -225,7 +235,7 @@ class Outbox:
         if not history:
             return []
         result = SampleResult.from_dict(json.loads(history[-1]["result_json"]))
-        return [self.enqueue(result, build, new_id)]
+        return [self.enqueue(result, build, new_id, again=True)]
 
 
 class _Closing:

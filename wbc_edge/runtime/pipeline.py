@@ -348,7 +348,7 @@ class Analyzer:
         self._identity = self._run_identity(sample)
         try:
             if isinstance(sink, (str, os.PathLike)):
-                writer, own_writer = ResultWriter(sink, header=self._header(source_name)), True
+                writer, own_writer = ResultWriter(sink, header={**self._identity, **self._header(source_name)}), True
             frames_q: queue.Queue = queue.Queue(maxsize=2 * len(self.light_order))
             work_q: queue.Queue = queue.Queue(maxsize=4)
             done_q: queue.Queue = queue.Queue(maxsize=4)
@@ -375,7 +375,9 @@ class Analyzer:
                 source.close()
         if state.error is not None:
             raise state.error
-        return self._summary(source, source_name, state, writer)
+        summary = self._summary(source, source_name, state, writer)
+        summary.sample, summary.instrument = self._identity["sample"], self._identity["instrument"]
+        return summary
 
     def _guard(self, target: Callable[..., None], args: tuple, state: _RunState) -> None:
         try:
@@ -569,7 +571,7 @@ class Analyzer:
     def _header(self, source_name: str) -> dict[str, Any]:
         from wbc_edge import __version__
 
-        return {**getattr(self, "_identity", {}), "classes": list(self.spec.classes), "heads": list(self.spec.heads), "source": source_name,
+        return {"classes": list(self.spec.classes), "heads": list(self.spec.heads), "source": source_name,
                 "model": str(self.bundle.path), "backend": self.runner.backend, "precision": self.runner.precision,
                 "device": self.runner.device, "missing_light": self.missing_light, "batch_size": self.batch_size,
                 "crop_px": self.crop_px, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -591,4 +593,4 @@ class Analyzer:
             cells_discarded=state.cells_discarded, duration_s=snap["elapsed_s"],
             stop_reason=getattr(self, "_stop_reason", "") or "end of source", source=source_name,
             model=str(self.bundle.path), backend=self.runner.backend, precision=self.runner.precision,
-            results_path=str(getattr(writer, "path", "")) or None, stats=snap, **getattr(self, "_identity", {}))
+            results_path=str(getattr(writer, "path", "")) or None, stats=snap)
