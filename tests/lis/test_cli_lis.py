@@ -78,6 +78,13 @@ def test_final_after_review(tmp_path, capsys):
     assert str(hl7.parse(Outbox(box).entries()[0].message).segment("OBR")[25]) == "F"
 
 
+def test_a_missing_outbox_is_not_an_empty_one(tmp_path, capsys):
+    for argv in (["status"], ["send", "--host", "127.0.0.1", "--port", "9"], ["replay", "ACC-1"], ["export", "--out", "x"]):
+        rc, _, err = run(capsys, "--outbox", str(tmp_path / "typo.sqlite"), *argv)
+        assert rc == 2 and len(err) == 1 and "no outbox at" in err[0]
+    assert not (tmp_path / "typo.sqlite").exists()
+
+
 @pytest.mark.parametrize("case", ["no_sample", "bad_table", "unknown_replay", "bad_replay_id", "no_target", "full"])
 def test_bad_input_is_one_line_exit_2_and_nothing_is_lost(tmp_path, capsys, case):
     box = str(tmp_path / "o.sqlite")

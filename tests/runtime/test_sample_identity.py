@@ -31,6 +31,15 @@ def test_run_records_sample_and_instrument(tmp_path, rt_bundle, rt_spec, rt_fake
     assert summary.total_cells == rebuilt.total_cells > 0
 
 
+def test_a_bare_sample_id_string_is_checked_too(tmp_path, rt_bundle, rt_spec, rt_fakes, rt_analyzer_kw):
+    with Analyzer(rt_bundle[0], precision="fp32", **rt_analyzer_kw) as an:
+        summary = an.analyze(rt_fakes.Source(rt_fakes.make_fields(1, rt_spec)), sample="ACC-9")
+        assert summary.sample == {"sample_id": "ACC-9"}
+        with pytest.raises(IdentityError, match="HL7 delimiter"):
+            an.analyze(rt_fakes.Source(rt_fakes.make_fields(1, rt_spec)), sink=tmp_path / "r.jsonl", sample="ACC|9")
+    assert not (tmp_path / "r.jsonl").exists()  # refused before anything was written
+
+
 def test_run_without_sample_is_counted_but_has_no_identity(tmp_path, rt_bundle, rt_spec, rt_fakes, rt_analyzer_kw):
     from wbc_edge.lis.result import ResultError, from_summary
 

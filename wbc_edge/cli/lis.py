@@ -59,9 +59,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _outbox(a: argparse.Namespace):
+def _outbox(a: argparse.Namespace, create: bool = False):
     from wbc_edge.lis import Outbox
 
+    if not create and not Path(a.outbox).is_file():  # a mistyped path must not look like an empty outbox
+        raise WbcError(f"no outbox at {a.outbox} (nothing queued there yet; --outbox or $WBC_LIS_OUTBOX)")
     cap = int(a.outbox_max_mb * 1024 * 1024) if a.outbox_max_mb else None
     return Outbox(a.outbox, max_bytes=cap)
 
@@ -69,7 +71,7 @@ def _outbox(a: argparse.Namespace):
 def cmd_queue(a: argparse.Namespace) -> int:
     from wbc_edge.lis import queue_results_file
 
-    box = _outbox(a)
+    box = _outbox(a, create=True)
     known = {e.control_id for e in box.entries()} | {row["control_id"] for row in box.sent()}
     control_id = queue_results_file(box, a.results, reviewed=a.final, reference_table=a.reference_table)
     if control_id in known:

@@ -562,8 +562,10 @@ class Analyzer:
             kept.append(np.ascontiguousarray(work.inputs[res.cell_index, 3 * g : 3 * g + 3].transpose(1, 2, 0)))
 
     def _run_identity(self, sample: Any) -> dict[str, Any]:
-        from wbc_edge.lis.identity import device_identity, profile_serial
+        from wbc_edge.lis.identity import SampleIdentity, device_identity, profile_serial
 
+        if isinstance(sample, str):  # a bare accession id from firmware: checked like --sample-id
+            sample = SampleIdentity(sample)
         serial = getattr(self, "device_serial", None) or profile_serial(getattr(self, "profile", None))
         return {"sample": sample.to_dict() if sample is not None else None,
                 "instrument": device_identity(self.bundle, serial)}
