@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-hl7 = pytest.importorskip("hl7")
-
 VT, FS_CR = b"\x0b", b"\x1c\x0d"
 
 
@@ -82,6 +80,8 @@ class MllpListener:
             return self.script.pop(0) if self.script else self.default
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import hl7
+
         self.connections += 1
         try:
             behaviour = self._next()
@@ -107,6 +107,7 @@ class MllpListener:
 
 @pytest.fixture
 def listener():
+    pytest.importorskip("hl7")
     lst = MllpListener().start()
     yield lst
     lst.close()
@@ -115,6 +116,7 @@ def listener():
 @pytest.fixture
 def make_listener():
     """Start listeners on chosen ports (a port that was down a moment ago); all closed at the end."""
+    pytest.importorskip("hl7")
     started: list[MllpListener] = []
 
     def start(port: int = 0, **kw) -> MllpListener:
