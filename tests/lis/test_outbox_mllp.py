@@ -214,3 +214,13 @@ def test_one_sender_at_a_time(tmp_path, result_of, listener):
             drain(Outbox(box.path), mllp_transport("127.0.0.1", listener.port, timeout=5), FAST)
     assert listener.received == [] and box.counts()["pending"] == 1
     assert drain(box, mllp_transport("127.0.0.1", listener.port, timeout=5), FAST).sent == [ids["ACC-1"]]
+
+
+def test_sent_history_is_pruned_by_age(tmp_path, result_of, listener):
+    box, ids = queued(tmp_path, result_of, ("ACC-1", "ACC-2"))
+    drain(box, mllp_transport("127.0.0.1", listener.port, timeout=5), FAST)
+    with sqlite3.connect(box.path) as db:  # ACC-1 was accepted months before today
+        db.execute("UPDATE sent SET acked_at = '2026-08-01T00:00:00Z' WHERE sample_id = 'ACC-1'")
+    assert box.prune_sent(keep_days=200 * 365) == 0
+    assert box.prune_sent(keep_days=90) == 1
+    assert [r["sample_id"] for r in box.sent()] == ["ACC-2"]

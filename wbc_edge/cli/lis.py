@@ -46,6 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--attempts", type=int, default=5, metavar="N", help="tries per message per drain (default: %(default)s)")
     s.add_argument("--backoff", type=float, default=1.0, metavar="S",
                    help="first wait between tries, doubling, at most 60 s (default: %(default)s)")
+    s.add_argument("--keep-sent-days", type=float, default=90.0, metavar="D",
+                   help="forget accepted messages older than D days (replay reads them; default: %(default)s)")
 
     sub.add_parser("status", help="what is pending, held and sent")
 
@@ -94,8 +96,11 @@ def cmd_send(a: argparse.Namespace) -> int:
         where = f"{a.host}:{a.port}"
     else:
         raise WbcError("send: give --host and --port (MLLP) or --fhir-url")
-    report = drain(_outbox(a), transport, SendPolicy(attempts=max(1, a.attempts), backoff_s=max(0.0, a.backoff)))
-    print(f"{where}: {report.line()}")
+    box = _outbox(a)
+    report = drain(box, transport, SendPolicy(attempts=max(1, a.attempts), backoff_s=max(0.0, a.backoff)))
+    pruned = box.prune_sent(a.keep_sent_days) if a.keep_sent_days > 0 else 0
+    print(f"{where}: {report.line()}" + (f"; {pruned} accepted message(s) older than {a.keep_sent_days:g} days forgotten"
+                                        if pruned else ""))
     return 0 if not report.error else 1
 
 

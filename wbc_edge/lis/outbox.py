@@ -222,6 +222,12 @@ class Outbox:
             db.execute("DELETE FROM outbox WHERE control_id = ?", (control_id,))
         self._run("record an ACK", move)
 
+    def prune_sent(self, keep_days: float) -> int:
+        """Forget accepted messages older than keep_days (the history replay reads); returns how many."""
+        cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - keep_days * 86400))
+        return self._run("prune the sent history",
+                         lambda db: db.execute("DELETE FROM sent WHERE acked_at < ?", (cutoff,)).rowcount)
+
     def replay(self, sample_id: str, build: Callable[[SampleResult, str], str], new_id: Callable[[], str]) -> list[str]:
         """Send a sample again. A message still in the outbox (held or pending) is released for another
         try under its own control id; a sample the LIS already accepted is queued as a new message
