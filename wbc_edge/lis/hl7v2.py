@@ -70,6 +70,7 @@ def build_oru_r01(result: SampleResult, control_id: str, sending_facility: str =
     device = result.instrument or {}
     serial = device.get("device_serial") or "UNKNOWN"
     observed = hl7_timestamp(result.observed_at)
+    built = hl7_timestamp(message_time)
     status = result.status
     try:
         m = Message("ORU_R01", version=VERSION, validation_level=strict)
@@ -78,7 +79,7 @@ def build_oru_r01(result: SampleResult, control_id: str, sending_facility: str =
         put(m.msh.msh_4.hd_1, sending_facility)
         put(m.msh.msh_5.hd_1, receiving_application)
         put(m.msh.msh_6.hd_1, receiving_facility)
-        put(m.msh.msh_7.ts_1, hl7_timestamp(message_time))
+        put(m.msh.msh_7.ts_1, built)
         m.msh.msh_9 = "ORU^R01^ORU_R01"
         put(m.msh.msh_10, control_id)
         put(m.msh.msh_11.pt_1, "P")
@@ -114,7 +115,7 @@ def build_oru_r01(result: SampleResult, control_id: str, sending_facility: str =
         put(obr.obr_4.ce_2, codes.PANEL[1])
         put(obr.obr_4.ce_3, codes.LOCAL_SYSTEM_HL7)
         put(obr.obr_7.ts_1, observed)
-        put(obr.obr_22.ts_1, hl7_timestamp(message_time))
+        put(obr.obr_22.ts_1, built)
         put(obr.obr_24, "HM")
         put(obr.obr_25, status)
 
