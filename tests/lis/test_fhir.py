@@ -100,3 +100,11 @@ def test_post_to_a_fhir_base_url_drains_the_outbox(tmp_path, result_of, fhir_ser
     assert [b["identifier"]["value"] for b in handler.bodies] == [ok, ok, refused]  # same id on the retry
     Bundle.model_validate(handler.bodies[0])
     assert box.entries("held")[0].last_error.startswith("AE: HTTP 422")
+
+
+def test_the_documented_bundle_is_valid():
+    from pathlib import Path
+
+    bundle = json.loads((Path(__file__).parents[2] / "docs" / "lis" / "example-bundle.fhir.json").read_text())
+    validate(bundle)
+    assert resources(bundle, "DiagnosticReport")[0]["specimen"][0]["identifier"]["value"] == "ACC-0001"

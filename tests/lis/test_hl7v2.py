@@ -28,6 +28,8 @@ def test_message_round_trips_through_hl7apy_and_python_hl7(result_of):
     assert str(msg.segment("PID")[3][0][0]) == "MRN-1"
     obr = msg.segment("OBR")
     assert str(obr[2]) == "ORD-1" and str(obr[3][0][0]) == "ACC-1" and str(obr[25]) == "P"
+    spm = msg.segment("SPM")
+    assert str(spm[2][0][1]) == "ACC-1" and str(spm[4][0][0]) == "BLD"
     obx = obx_by_code(msg)
     for share in result.shares:  # one OBX per class: its LOINC, its value, %, range, flag, status
         code = DIFFERENTIAL_LOINC[share.label][0]
@@ -91,3 +93,11 @@ def test_delimiters_in_free_text_are_escaped_and_come_back(result_of):
 def test_control_ids_are_unique_and_fit_msh10():
     ids = {new_control_id() for _ in range(2000)}
     assert len(ids) == 2000 and all(len(i) <= 20 for i in ids)
+
+
+def test_the_documented_message_is_valid():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "lis" / "example-oru-r01.hl7").read_bytes().decode()
+    parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True).validate()
+    assert str(hl7.parse(text).segment("OBR")[3][0][0]) == "ACC-0001"

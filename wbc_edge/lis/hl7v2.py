@@ -4,10 +4,10 @@
     SFT  wbc-edge software version; SFT  the model bundle (SHA-256 as its binary id)
     PID  patient id (only when one was given)
     OBR  placer = order id, filler = sample (accession) id, panel, time, result status P/F
-    SPM  the specimen: sample id, whole blood
     OBX  one per class: NM, LOINC, %, reference range, H/L/N, status, method, equipment
     NTE  after a class's OBX: its 95 % interval and raw count
     OBX  cells classified (NM); OBX review flag (ST Y/N) with an NTE per reason
+    SPM  the specimen: sample id, whole blood (table 0487 BLD)
 
 Every text value is set as an hl7apy datatype, so hl7apy escapes |, ^, ~, \\ and & in it (\\F\\,
 \\S\\, \\R\\, \\E\\, \\T\\); identifiers cannot hold them at all (`identity.check_identifier`).
@@ -170,6 +170,12 @@ def build_oru_r01(result: SampleResult, control_id: str, sending_facility: str =
         group = obx("ST", (*codes.REVIEW, codes.LOCAL_SYSTEM_HL7), "Y" if result.review else "N")
         for i, reason in enumerate(result.review_reasons, 1):
             note(group, reason, i)
+        spm = oo.add_group("ORU_R01_SPECIMEN").spm
+        put(spm.spm_1, "1")
+        put(spm.spm_2.eip_2.ei_1, result.sample.sample_id)  # filler assigned specimen id
+        put(spm.spm_4.cwe_1, "BLD")
+        put(spm.spm_4.cwe_2, "Whole blood")
+        put(spm.spm_4.cwe_3, "HL70487")
         m.validate()
         return m.to_er7()
     except HL7apyException as e:
