@@ -224,3 +224,32 @@ def test_sent_history_is_pruned_by_age(tmp_path, result_of, listener):
     assert box.prune_sent(keep_days=200 * 365) == 0
     assert box.prune_sent(keep_days=90) == 1
     assert [r["sample_id"] for r in box.sent()] == ["ACC-2"]
+
+
+def test_send_every_waits_out_an_lis_that_is_down_and_stops_on_sigterm(tmp_path, result_of, make_listener):
+    """`wbc-lis send --every`: the LIS is down when the sender starts and comes up later; the result
+    arrives once, under its control id, and SIGTERM ends the sender cleanly (exit 0)."""
+    box, ids = queued(tmp_path, result_of)
+    port = free_port()
+    cmd = [sys.executable, "-m", "wbc_edge.cli.lis", "--outbox", str(box.path), "send", "--host", "127.0.0.1",
+           "--port", str(port), "--timeout", "2", "--attempts", "2", "--backoff", "0.05", "--every", "0.1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while box.entries()[0].attempts < 2 and time.monotonic() < deadline:  # it tried while the LIS was down
+            time.sleep(0.05)
+        assert box.entries()[0].attempts >= 2
+        lst = make_listener(port)
+        assert lst.wait_for(1, timeout=20)
+        deadline = time.monotonic() + 20
+        while box.counts()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, err
+    assert lst.control_ids() == [ids["ACC-1"]] and box.counts() == {"pending": 0, "held": 0, "sent": 1}
+    assert "1 sent" in out

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from wbc_edge.errors import WbcError
@@ -46,6 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--attempts", type=int, default=5, metavar="N", help="tries per message per drain (default: %(default)s)")
     s.add_argument("--backoff", type=float, default=1.0, metavar="S",
                    help="first wait between tries, doubling, at most 60 s (default: %(default)s)")
+    s.add_argument("--every", type=float, default=0.0, metavar="S",
+                   help="keep sending: drain again every S seconds until SIGTERM/SIGINT (default: once)")
     s.add_argument("--keep-sent-days", type=float, default=90.0, metavar="D",
                    help="forget accepted messages older than D days (replay reads them; default: %(default)s)")
 
@@ -97,11 +101,37 @@ def cmd_send(a: argparse.Namespace) -> int:
     else:
         raise WbcError("send: give --host and --port (MLLP) or --fhir-url")
     box = _outbox(a)
-    report = drain(box, transport, SendPolicy(attempts=max(1, a.attempts), backoff_s=max(0.0, a.backoff)))
-    pruned = box.prune_sent(a.keep_sent_days) if a.keep_sent_days > 0 else 0
-    print(f"{where}: {report.line()}" + (f"; {pruned} accepted message(s) older than {a.keep_sent_days:g} days forgotten"
-                                        if pruned else ""))
-    return 0 if not report.error else 1
+    policy = SendPolicy(attempts=max(1, a.attempts), backoff_s=max(0.0, a.backoff))
+    stop = _StopFlag() if a.every > 0 else None
+    while True:
+        report = drain(box, transport, policy, sleep=stop.sleep if stop else time.sleep,
+                       stop=(lambda: stop.stopped) if stop else None)
+        pruned = box.prune_sent(a.keep_sent_days) if a.keep_sent_days > 0 else 0
+        if stop is None or report.sent or report.held or report.error:
+            print(f"{where}: {report.line()}" + (f"; {pruned} accepted message(s) older than "
+                                                f"{a.keep_sent_days:g} days forgotten" if pruned else ""), flush=True)
+        if stop is None:
+            return 0 if not report.error else 1
+        stop.sleep(a.every)
+        if stop.stopped:
+            return 0
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT end `send --every` between two messages; waits are cut short, nothing is half-sent."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+
+    def _stop(self, *_: object) -> None:
+        self.stopped = True
+
+    def sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopped and time.monotonic() < end:
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
 
 def cmd_status(a: argparse.Namespace) -> int:

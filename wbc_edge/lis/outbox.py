@@ -280,19 +280,23 @@ Transport = Callable[[Entry], Ack]
 
 
 def drain(outbox: Outbox, transport: Transport, policy: SendPolicy | None = None,
-          sleep: Callable[[float], None] = time.sleep) -> DrainReport:
+          sleep: Callable[[float], None] = time.sleep, stop: Callable[[], bool] | None = None) -> DrainReport:
     """Send every pending message, oldest first, until each is acknowledged, held, or the LIS keeps
-    failing (then the rest wait for the next drain: order is kept, nothing is dropped)."""
+    failing (then the rest wait for the next drain: order is kept, nothing is dropped). `stop()`
+    true ends the drain between two sends (a signal)."""
     policy = policy or SendPolicy()
     with outbox.draining():
-        return _drain(outbox, transport, policy, sleep)
+        return _drain(outbox, transport, policy, sleep, stop or (lambda: False))
 
 
-def _drain(outbox: Outbox, transport: Transport, policy: SendPolicy, sleep: Callable[[float], None]) -> DrainReport:
+def _drain(outbox: Outbox, transport: Transport, policy: SendPolicy, sleep: Callable[[float], None],
+           stop: Callable[[], bool]) -> DrainReport:
     report = DrainReport()
     for entry in outbox.entries(PENDING):
         done = False
         for attempt in range(max(1, policy.attempts)):
+            if stop():
+                break
             if attempt:
                 sleep(min(policy.backoff_max_s, policy.backoff_s * 2 ** (attempt - 1)))
             try:
@@ -322,8 +326,8 @@ def _drain(outbox: Outbox, transport: Transport, policy: SendPolicy, sleep: Call
                 break
             outbox.record_attempt(entry.control_id, reason)  # AR / CR: rejected for now, try again
             report.error = f"sample {entry.sample_id} rejected ({reason})"
-        if not done:
-            break  # the LIS is not taking messages: keep order, try again on the next drain
+        if not done or stop():
+            break  # the LIS is not taking messages (or we were asked to stop): keep order, try again later
     report.pending = outbox.counts()[PENDING]
     return report
 
