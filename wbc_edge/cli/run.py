@@ -67,6 +67,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--crop-px", type=int, default=None, metavar="PX", help="crop window in frame pixels (default: from the bundle)")
     p.add_argument("--align", action="store_true", help="correct small shifts between lights before cropping")
     p.add_argument("--out", metavar="FILE", help="per-cell results, JSON lines, appended and flushed per cell")
+    p.add_argument("--sample-id", metavar="ID", help="the sample's accession id, recorded in the results header; "
+                   "a run without one is counted but never sent to the LIS (wbc-lis)")
+    p.add_argument("--patient-id", metavar="ID", help="the patient id the LIS files the sample under (optional)")
+    p.add_argument("--order-id", metavar="ID", help="the order (placer) id of the request (optional)")
+    p.add_argument("--device-serial", metavar="SN", help="this analyzer's serial (default: the device profile's, if any)")
     p.add_argument("--report", metavar="FILE", help="write a self-contained HTML report at the end")
     p.add_argument("--display", action="store_true", help="show frames with boxes and labels (needs a display)")
     p.add_argument("--save-video", metavar="FILE", help="record the annotated bright-field frames (.mp4, .avi)")
@@ -137,7 +142,9 @@ def run(a: argparse.Namespace) -> int:
     from wbc_edge.runtime.pipeline import Analyzer
     from wbc_edge.runtime.results import OutputError
     from wbc_edge.runtime.sources import open_source
+    from wbc_edge.lis.identity import check_identifier, sample_identity
 
+    sample = sample_identity(a.sample_id, a.patient_id, a.order_id)  # a bad id stops before the camera opens
     model = a.model or default_model()
     if model is None:
         raise WbcError("no --model given and no packaged demo bundle (wbc_edge/demo/demo.wbc); export one with wbc-export")
@@ -147,6 +154,8 @@ def run(a: argparse.Namespace) -> int:
     analyzer = Analyzer(model, backend=a.backend, precision=a.precision, batch_size=a.batch, max_wait_ms=a.max_wait_ms,
                         missing_light=a.missing_light, crop_px=a.crop_px, align=a.align, light_order=order,
                         intra_op_threads=a.threads, engine_cache=a.engine_cache, gallery_per_class=8 if a.report else 0)
+    if a.device_serial:
+        analyzer.device_serial = check_identifier(a.device_serial, "device serial")
     status = StatusLine(enabled=not a.quiet)
     if not a.quiet:
         print(f"wbc-run: {uri} -> {analyzer.runner.choice_reason or analyzer.description}", file=sys.stderr)
@@ -198,7 +207,7 @@ def run(a: argparse.Namespace) -> int:
     try:
         with analyzer:
             summary = analyzer.analyze(source, sink=a.out, max_cells=a.max_cells, duration=a.duration,
-                                       on_result=on_result, on_set=on_set)
+                                       on_result=on_result, on_set=on_set, sample=sample)
     except OutputError:
         status.end()
         if analyzer.differential.total:  # what was counted (and written) before the output failed
@@ -225,6 +234,7 @@ def run(a: argparse.Namespace) -> int:
               + (" (kept in the results file, flagged beyond_max_cells)" if a.out else ""))
     if a.stats:
         print(analyzer.stats.format())
+    print(f"sample: {sample.sample_id}" if sample else "sample: none given (counted, never sent to the LIS)")
     if a.out:
         print(f"results: {a.out}")
     if a.report:

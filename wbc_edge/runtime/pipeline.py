@@ -316,12 +316,15 @@ class Analyzer:
     # ---- the threaded run ------------------------------------------------------------------
     def analyze(self, source: Any, sink: Any = None, max_cells: int | None = None, duration: float | None = None,
                 on_result: Callable[[CellResult], None] | None = None,
-                on_set: Callable[[Any, list[CellResult]], None] | None = None) -> RunSummary:
+                on_set: Callable[[Any, list[CellResult]], None] | None = None,
+                sample: Any = None) -> RunSummary:
         """Run until the source ends, `max_cells` cells are counted, `duration` seconds pass or `stop()`.
 
         source: a FrameSource or a URI for `open_source`. sink: a results path (JSON lines, appended and
         flushed per cell), an object with `write(CellResult)`, or None. on_result is called per counted
         cell, on_set per finished set with its results (display, video), both in the caller's thread.
+        sample: the `wbc_edge.lis.SampleIdentity` counted (recorded in the header and the summary); a
+        run without one is counted but never sent to a laboratory system.
         """
         own_source = isinstance(source, (str, os.PathLike))
         source_name = str(source)
@@ -341,9 +344,10 @@ class Analyzer:
         self.gallery = {}
         state = _RunState()
         state.source_validates = _validates_frames(source)
+        self._identity = self._run_identity(sample)
         try:
             if isinstance(sink, (str, os.PathLike)):
-                writer, own_writer = ResultWriter(sink, header=self._header(source_name)), True
+                writer, own_writer = ResultWriter(sink, header={**self._identity, **self._header(source_name)}), True
             frames_q: queue.Queue = queue.Queue(maxsize=2 * len(self.light_order))
             work_q: queue.Queue = queue.Queue(maxsize=4)
             done_q: queue.Queue = queue.Queue(maxsize=4)
@@ -370,7 +374,9 @@ class Analyzer:
                 source.close()
         if state.error is not None:
             raise state.error
-        return self._summary(source, source_name, state, writer)
+        summary = self._summary(source, source_name, state, writer)
+        summary.sample, summary.instrument = self._identity["sample"], self._identity["instrument"]
+        return summary
 
     def _guard(self, target: Callable[..., None], args: tuple, state: _RunState) -> None:
         try:
@@ -553,6 +559,15 @@ class Analyzer:
         if len(kept) < self.gallery_per_class:
             g = self._gallery_light
             kept.append(np.ascontiguousarray(work.inputs[res.cell_index, 3 * g : 3 * g + 3].transpose(1, 2, 0)))
+
+    def _run_identity(self, sample: Any) -> dict[str, Any]:
+        from wbc_edge.lis.identity import SampleIdentity, device_identity, profile_serial
+
+        if isinstance(sample, str):  # a bare accession id from firmware: checked like --sample-id
+            sample = SampleIdentity(sample)
+        serial = getattr(self, "device_serial", None) or profile_serial(getattr(self, "profile", None))
+        return {"sample": sample.to_dict() if sample is not None else None,
+                "instrument": device_identity(self.bundle, serial)}
 
     def _header(self, source_name: str) -> dict[str, Any]:
         from wbc_edge import __version__

@@ -155,6 +155,8 @@ class RunSummary:
     bad_lines: int = 0
     runs_in_file: int = 1  # summarize: runs appended to one results file (the last is summarised)
     stats: dict[str, Any] = field(default_factory=dict)
+    sample: dict[str, Any] | None = None  # wbc_edge.lis.SampleIdentity.to_dict(); None: counted, never sent
+    instrument: dict[str, Any] | None = None  # software version, model bundle hash, device serial
 
     @classmethod
     def from_differential(cls, diff: Differential, **kw: Any) -> "RunSummary":
@@ -324,4 +326,4 @@ def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
         source=str(header.get("source", "")), model=str(header.get("model", "")),
         backend=str(header.get("backend", "")), precision=str(header.get("precision", "")),
         results_path=str(results_jsonl), bad_lines=bad, runs_in_file=len(runs), cells_discarded=discarded,
-        stop_reason="rebuilt from results file")
+        stop_reason="rebuilt from results file", sample=header.get("sample"), instrument=header.get("instrument"))

@@ -1,0 +1,172 @@
+"""A sample's result as the laboratory system receives it, and where each number comes from.
+
+`SampleResult` is a plain record (per-class share in %, optional 95 % interval, raw counts, cells
+counted, review flag) that both the HL7 v2 message and the FHIR resources are built from. The one
+place that knows the run summary's layout is `from_summary`; everything downstream reads only this
+record. Standard library only.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from wbc_edge.errors import WbcError
+from wbc_edge.lis.identity import SampleIdentity
+
+REFERENCE_TABLE = Path(__file__).with_name("reference_intervals.json")
+
+# A sample is held for review (result still preliminary) when any of these holds.
+MIN_CELLS_FOR_RELEASE = 100  # CLSI H20 counts 200 cells by hand; under 100 the shares are too coarse
+MAX_DISAGREE_FRACTION = 0.10  # cells on which the light heads disagree
+
+
+class ResultError(WbcError):
+    """A run that cannot become a laboratory result (no sample id, no cells, a bad reference table)."""
+
+
+@dataclass(frozen=True)
+class ReferenceInterval:
+    low: float
+    high: float
+
+    def flag(self, percent: float) -> str:
+        """HL7 table 0078 abnormal flag: L below, H above, N inside."""
+        return "L" if percent < self.low else "H" if percent > self.high else "N"
+
+
+def load_reference_table(path: str | Path | None = None) -> tuple[dict[str, ReferenceInterval], str]:
+    """({class: interval in %}, source text) from an editable JSON table (default: the packaged one)."""
+    path = Path(path) if path is not None else REFERENCE_TABLE
+    try:
+        doc = json.loads(path.read_text())
+        intervals = {str(k): ReferenceInterval(float(v[0]), float(v[1])) for k, v in doc["intervals"].items()}
+    except OSError as e:
+        raise ResultError(f"reference table {path}: cannot read ({e.strerror or e})") from None
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ResultError(f"reference table {path}: not a table of 'intervals': {{class: [low, high]}} ({e})") from None
+    for name, ri in intervals.items():
+        if not (0.0 <= ri.low <= ri.high <= 100.0):
+            raise ResultError(f"reference table {path}: {name}: [{ri.low}, {ri.high}] is not a range within 0-100 %")
+    return intervals, str(doc.get("source", path.name))
+
+
+@dataclass
+class ClassShare:
+    """One class of the differential: its share in percent, its raw count, its interval if known."""
+
+    label: str
+    percent: float
+    count: int
+    ci_low: float | None = None  # percent, 95 %
+    ci_high: float | None = None
+    reference: ReferenceInterval | None = None
+
+    @property
+    def flag(self) -> str:
+        return self.reference.flag(self.percent) if self.reference else ""
+
+    @property
+    def has_interval(self) -> bool:
+        return self.ci_low is not None and self.ci_high is not None
+
+
+@dataclass
+class SampleResult:
+    """What goes to the LIS for one sample."""
+
+    sample: SampleIdentity
+    shares: list[ClassShare]
+    n_cells: int
+    review: bool
+    review_reasons: list[str] = field(default_factory=list)
+    reviewed: bool = False  # a technologist released it: result status F (final), else P (preliminary)
+    observed_at: str = ""  # UTC, ISO 8601 (the run's start)
+    instrument: dict[str, Any] = field(default_factory=dict)  # identity.device_identity(): software, model, serial
+    estimate: str = "count"  # how the shares were obtained: "count" (per-cell argmax) or an estimator's name
+    reference_source: str = ""
+
+    @property
+    def status(self) -> str:
+        return "F" if self.reviewed else "P"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sample"] = self.sample.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SampleResult":
+        sample = SampleIdentity.from_dict(d.get("sample"))
+        if sample is None:
+            raise ResultError("stored result has no sample id")
+        shares = []
+        for s in d["shares"]:
+            ref = s.get("reference")
+            shares.append(ClassShare(label=s["label"], percent=float(s["percent"]), count=int(s["count"]),
+                                     ci_low=s.get("ci_low"), ci_high=s.get("ci_high"),
+                                     reference=ReferenceInterval(ref["low"], ref["high"]) if ref else None))
+        return cls(sample=sample, shares=shares, n_cells=int(d["n_cells"]), review=bool(d["review"]),
+                   review_reasons=list(d.get("review_reasons", [])), reviewed=bool(d.get("reviewed", False)),
+                   observed_at=str(d.get("observed_at", "")), instrument=dict(d.get("instrument") or {}),
+                   estimate=str(d.get("estimate", "count")), reference_source=str(d.get("reference_source", "")))
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    return obj.get(name, default) if isinstance(obj, Mapping) else getattr(obj, name, default)
+
+
+def _rows(summary: Any) -> tuple[list[Any], str]:
+    """The differential rows to report and what they are. An estimated differential (with intervals),
+    when the summary has one, wins over the raw argmax count; raw counts always come from `rows`."""
+    estimate = _get(summary, "estimate")
+    est_rows = _get(estimate, "rows") if estimate is not None else None
+    if est_rows:
+        return list(est_rows), str(_get(estimate, "method", "estimate"))
+    return list(_get(summary, "rows", []) or []), "count"
+
+
+def from_summary(summary: Any, header: Mapping[str, Any] | None = None, reviewed: bool = False,
+                 reference_table: str | Path | None = None) -> SampleResult:
+    """The SampleResult of a run summary (a `RunSummary` or its dict) and its results header."""
+    header = dict(header or {})
+    sample = SampleIdentity.from_dict(_get(summary, "sample") or header.get("sample"))
+    if sample is None:
+        raise ResultError("run has no sample id (wbc-run --sample-id): counted, never sent to the LIS")
+    rows, estimate = _rows(summary)
+    counts = {str(k): int(v) for k, v in (_get(summary, "counts") or {}).items()}
+    n_cells = int(_get(summary, "total_cells", 0) or sum(counts.values()))
+    if n_cells <= 0:
+        raise ResultError(f"sample {sample.sample_id}: no cells counted; nothing to report")
+    table, source = load_reference_table(reference_table)
+    shares = []
+    for r in rows:
+        label = str(_get(r, "label"))
+        lo, hi = _get(r, "ci_low"), _get(r, "ci_high")
+        shares.append(ClassShare(label=label, percent=float(_get(r, "percent")), count=counts.get(label, int(_get(r, "count", 0) or 0)),
+                                 ci_low=None if lo is None else float(lo), ci_high=None if hi is None else float(hi),
+                                 reference=table.get(label)))
+    reasons = review_reasons(shares, n_cells, _get(summary, "flag_counts") or {}, _get(summary, "review_reasons"))
+    observed = str(header.get("started") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return SampleResult(sample=sample, shares=shares, n_cells=n_cells, review=bool(reasons), review_reasons=reasons,
+                        reviewed=reviewed, observed_at=observed, instrument=dict(_get(summary, "instrument") or header.get("instrument") or {}),
+                        estimate=estimate, reference_source=source)
+
+
+def review_reasons(shares: Sequence[ClassShare], n_cells: int, flag_counts: Mapping[str, int],
+                   given: Sequence[str] | None = None) -> list[str]:
+    """Why a technologist should look at the sample before it is released (empty: nothing found)."""
+    reasons = [str(g) for g in given or []]
+    if n_cells < MIN_CELLS_FOR_RELEASE:
+        reasons.append(f"only {n_cells} cells counted (< {MIN_CELLS_FOR_RELEASE})")
+    disagree = int(flag_counts.get("heads_disagree", 0))
+    if n_cells and disagree / n_cells > MAX_DISAGREE_FRACTION:
+        reasons.append(f"light heads disagree on {disagree} of {n_cells} cells")
+    for s in shares:
+        if s.flag in ("H", "L"):
+            reasons.append(f"{s.label} {s.percent:.1f} % outside {s.reference.low:g}-{s.reference.high:g} %")
+        elif s.has_interval and s.reference and (s.ci_low < s.reference.low or s.ci_high > s.reference.high):
+            reasons.append(f"{s.label} interval {s.ci_low:.1f}-{s.ci_high:.1f} % crosses a reference limit")
+    return reasons
