@@ -187,6 +187,13 @@ def params_from_member(member: Mapping[str, Any], precision: str, where: str = Q
         "precision": precision, "measured_precision": measured}, where)
 
 
+def params_for_bundle(bundle: Any, precision: str) -> QuantParams | None:
+    """The bundle's parameters for `precision`; None for a bundle exported before quantification.json."""
+    if not bundle.has(QUANT_MEMBER):
+        return None
+    return params_from_member(bundle.read_json(QUANT_MEMBER), precision, f"bundle {bundle.path}: {QUANT_MEMBER}")
+
+
 def measure_quantification(probs_by_precision: Mapping[str, np.ndarray], head_probs_fp32: np.ndarray, labels: np.ndarray,
                            classes: Sequence[str], heads: Sequence[str], train_prior: Sequence[float],
                            data: str = "") -> dict[str, Any]:
@@ -368,6 +375,6 @@ def estimate_shares(probs: Any, params: QuantParams, method: str = DEFAULT_METHO
                          high=np.maximum(high, shares), n_cells=n, notes=notes)
 
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "QUANT_MEMBER", "QUANT_SCHEMA", "QuantParams", "QuantificationError", "ShareEstimate",
+__all__ = ["DEFAULT_METHOD", "params_for_bundle", "METHODS", "QUANT_MEMBER", "QUANT_SCHEMA", "QuantParams", "QuantificationError", "ShareEstimate",
            "apply_temperature", "checked_probs", "em_prior_adaptation", "estimate_shares", "fit_temperature",
            "measure_quantification", "params_from_member", "reliability", "simplex_lstsq"]
