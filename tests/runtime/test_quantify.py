@@ -160,3 +160,23 @@ def test_the_same_inputs_give_the_same_interval():
     b = estimate_shares(probs.tolist(), QuantParams.from_header(params.to_header()), "acc", n_boot=40)
     np.testing.assert_array_equal(a.low, b.low)
     np.testing.assert_array_equal(a.high, b.high)
+
+
+def test_bias_corrected_temperature_recovers_t_and_bias_and_em_folds_the_bias_into_the_prior():
+    from wbc_edge.runtime.quantify import apply_class_bias, fit_bias_corrected_temperature
+
+    rng = np.random.default_rng(8)
+    logits = rng.normal(0, 3, (6000, K))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    bias = np.array([0.0, -0.5, 0.3, -1.0, 0.8])
+    truth = apply_class_bias(apply_temperature(p, 2.0), bias)
+    labels = (truth.cumsum(1) > rng.random((len(p), 1))).argmax(1)  # labels drawn from softmax(z / 2 + b)
+    t, b, cov = fit_bias_corrected_temperature(p, labels)
+    assert t == pytest.approx(2.0, rel=0.1)
+    np.testing.assert_allclose(b, bias, atol=4 * np.sqrt(np.diag(cov)).max())
+    assert cov[0, 0] == 0 and np.all(np.diag(cov)[1:] > 0)
+    # EM on the temperature-scaled probabilities at the effective prior == EM on the BCTS posteriors
+    params = QuantParams(CLASSES, np.full(K, 0.2), np.eye(K) * 10, np.eye(K), temperature=t, class_bias=b)
+    cal = apply_temperature(p[:500], t)
+    np.testing.assert_allclose(em_prior_adaptation(cal, params.effective_prior(), tol=1e-10),
+                               em_prior_adaptation(apply_class_bias(cal, b), params.train_prior, tol=1e-10), atol=1e-6)

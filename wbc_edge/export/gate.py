@@ -155,8 +155,9 @@ def format_calibration(cal: Mapping[str, Any]) -> str:
     t = cal["temperature"]
     heads = ", ".join(f"{h} {v:.2f}" for h, v in t["heads"].items())
     ece = ", ".join(f"{p} {100 * cal['ece_before'][p]:.1f} -> {100 * cal['ece_after'][p]:.1f}" for p in cal["ece_before"])
-    return (f"temperature scaling on {cal['n_cells']} held-out cells: T combined {t['combined']:.2f} (heads: {heads}); "
-            f"ECE % before -> after: {ece}")
+    bias = " ".join(f"{v:+.2f}" for v in t.get("class_bias") or [])
+    return (f"calibration on {cal['n_cells']} held-out cells: T combined {t['combined']:.2f}, class bias [{bias}] (heads: {heads}); "
+            f"ECE % before -> after (bias-corrected temperature scaling): {ece}")
 
 
 def dataset_inputs(data: Any, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -26,9 +26,15 @@ estimate at the sample's cell count (a percentile bootstrap of a few cells, or o
 no cell, would otherwise claim certainty it does not have). EM's interval is the bootstrap over
 cells (its error model is the calibration, not a confusion matrix).
 
-Calibration: temperature scaling (Guo et al. 2017) acts on logits, ``softmax(z / T)``; since the
-bundle's graphs end in a softmax, ``softmax(z / T) = p ** (1 / T)`` renormalised, which every
-backend's probability output gets exactly (``apply_temperature``).
+Calibration: bias-corrected temperature scaling (BCTS; Alexandari, Kundaje and Shrikumar 2020, who
+show it is what makes EM prior adaptation work) fits ``softmax(z / T + b)`` on held-out cells. Since
+the bundle's graphs end in a softmax, ``softmax(z / T) = p ** (1 / T)`` renormalised, which every
+backend's probability output gets exactly (``apply_temperature``): that is what each per-cell result
+line holds (its argmax is the uncalibrated one). The class bias ``b`` multiplies every posterior by
+``exp(b)``, which is the same as training at the prior ``prior * exp(-b)``: EM uses that effective
+prior, so the per-cell probabilities keep the model's labels and EM still sees BCTS posteriors.
+Its interval also redraws ``b`` from its Laplace approximation (the inverse Hessian of the held-out
+negative log-likelihood), the classifier's calibration error.
 
 The bundle member ``quantification.json`` (``QUANT_MEMBER``, schema ``QUANT_SCHEMA``) holds the
 temperatures, the training split's class prior and, per precision, the confusion counts and mean
@@ -90,6 +96,46 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, bounds: tuple[float, 
     return float(math.exp(res.x))
 
 
+def fit_bias_corrected_temperature(probs: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """BCTS: (T, b, cov(b)) minimising the NLL of softmax(log p / T + b), b[0] = 0 (scipy L-BFGS-B).
+
+    cov(b) is the Laplace approximation at the fit (T held fixed): the inverse of the NLL's Hessian in b."""
+    from scipy.optimize import minimize
+
+    labels = np.asarray(labels, dtype=np.int64)
+    n, k = len(labels), np.asarray(probs).shape[1]
+    if n == 0:
+        raise QuantificationError("bias-corrected temperature scaling: no held-out cells to fit on")
+    logp = np.log(np.clip(np.asarray(probs, np.float64), _PROB_FLOOR, None))
+    onehot = np.eye(k)[labels]
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        inv_t, bias = math.exp(-theta[0]), np.concatenate([[0.0], theta[1:]])
+        z = logp * inv_t + bias
+        z -= z.max(axis=1, keepdims=True)
+        s = np.exp(z)
+        s /= s.sum(axis=1, keepdims=True)
+        value = -np.mean(np.log(np.clip(s[np.arange(n), labels], _PROB_FLOOR, None)))
+        d = (s - onehot) / n  # d loss / d z
+        grad_t = -np.sum(d * logp * inv_t)  # d z / d theta0 = -logp / T
+        return float(value), np.concatenate([[grad_t], d.sum(axis=0)[1:]])
+
+    res = minimize(loss, np.zeros(k), jac=True, method="L-BFGS-B",
+                   bounds=[(math.log(0.05), math.log(20.0))] + [(-10.0, 10.0)] * (k - 1))
+    t, bias = math.exp(res.x[0]), np.concatenate([[0.0], res.x[1:]])
+    s = apply_class_bias(apply_temperature(probs, t), bias)
+    hess = (np.einsum("ij,jk->jk", s, np.eye(k)) - np.einsum("ij,ik->jk", s, s))[1:, 1:]  # sum_i diag(s_i) - s_i s_i^T
+    cov = np.zeros((k, k))
+    cov[1:, 1:] = np.linalg.pinv(hess)
+    return t, bias, cov
+
+
+def apply_class_bias(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """softmax(z + b) from softmax(z): p * exp(b), renormalised."""
+    w = np.asarray(probs, np.float64) * np.exp(np.asarray(bias, np.float64) - np.max(bias))
+    return w / w.sum(axis=-1, keepdims=True)
+
+
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
     """Expected calibration error (top-label, equal-width bins, Guo et al. 2017) and the diagram's bins."""
     p = np.asarray(probs, dtype=np.float64)
@@ -120,6 +166,8 @@ class QuantParams:
     mean_posteriors: np.ndarray  # (K, K) mean calibrated posterior per true class, held-out cells
     temperature: float = 1.0  # combined output
     head_temperatures: dict[str, float] = field(default_factory=dict)
+    class_bias: np.ndarray | None = None  # BCTS bias b (K,), None = zeros
+    class_bias_cov: np.ndarray | None = None  # its Laplace covariance (K, K)
     precision: str = "fp32"
     measured_precision: str = "fp32"  # whose confusion this is (fp32 when the run's precision was not measured)
 
@@ -132,12 +180,22 @@ class QuantParams:
         k = len(self.classes)
         return (self.confusion + 0.5) / (self.row_counts[:, None] + 0.5 * k)
 
+    def bias(self) -> np.ndarray:
+        return np.zeros(len(self.classes)) if self.class_bias is None else self.class_bias
+
+    def effective_prior(self, bias: np.ndarray | None = None) -> np.ndarray:
+        """The training prior EM divides by: posteriors times exp(b) are posteriors at prior * exp(-b)."""
+        w = self.train_prior * np.exp(-(self.bias() if bias is None else bias))
+        return w / w.sum()
+
     def to_header(self) -> dict[str, Any]:
         """The JSON a results file's run header carries, so `summarize` needs no bundle."""
         return {"schema": QUANT_SCHEMA, "classes": list(self.classes), "train_prior": [float(v) for v in self.train_prior],
                 "confusion": [[int(v) for v in row] for row in self.confusion],
                 "mean_posteriors": [[float(v) for v in row] for row in self.mean_posteriors],
                 "temperature": float(self.temperature), "head_temperatures": dict(self.head_temperatures),
+                "class_bias": [float(v) for v in self.bias()],
+                "class_bias_cov": None if self.class_bias_cov is None else [[float(v) for v in row] for row in self.class_bias_cov],
                 "precision": self.precision, "measured_precision": self.measured_precision}
 
     @classmethod
@@ -149,6 +207,8 @@ class QuantParams:
                          confusion=np.asarray(d["confusion"], np.float64), mean_posteriors=np.asarray(d["mean_posteriors"], np.float64),
                          temperature=float(d.get("temperature", 1.0)),
                          head_temperatures={str(k): float(v) for k, v in (d.get("head_temperatures") or {}).items()},
+                         class_bias=None if d.get("class_bias") is None else np.asarray(d["class_bias"], np.float64),
+                         class_bias_cov=None if d.get("class_bias_cov") is None else np.asarray(d["class_bias_cov"], np.float64),
                          precision=str(d.get("precision", "fp32")), measured_precision=str(d.get("measured_precision", "fp32")))
         except (KeyError, TypeError, ValueError) as e:
             raise QuantificationError(f"{where}: quantification parameters unreadable ({e})") from None
@@ -163,6 +223,9 @@ class QuantParams:
                 raise QuantificationError(f"{where}: {name} has shape {arr.shape}, expected {shape} for {k} classes")
             if not np.all(np.isfinite(arr)) or np.any(arr < 0):
                 raise QuantificationError(f"{where}: {name} holds negative or non-finite values")
+        for name, arr, shape in (("class_bias", self.class_bias, (k,)), ("class_bias_cov", self.class_bias_cov, (k, k))):
+            if arr is not None and (arr.shape != shape or not np.all(np.isfinite(arr))):
+                raise QuantificationError(f"{where}: {name} must be {shape} finite numbers, got shape {arr.shape}")
         if self.train_prior.sum() <= 0:
             raise QuantificationError(f"{where}: train_prior sums to 0")
         self.train_prior = self.train_prior / self.train_prior.sum()
@@ -184,6 +247,7 @@ def params_from_member(member: Mapping[str, Any], precision: str, where: str = Q
         "schema": QUANT_SCHEMA, "classes": member["classes"], "train_prior": member["train_prior"],
         "confusion": rates["confusion"], "mean_posteriors": rates["mean_posteriors"],
         "temperature": temps.get("combined", 1.0), "head_temperatures": temps.get("heads", {}),
+        "class_bias": temps.get("class_bias"), "class_bias_cov": temps.get("class_bias_cov"),
         "precision": precision, "measured_precision": measured}, where)
 
 
@@ -197,15 +261,18 @@ def params_for_bundle(bundle: Any, precision: str) -> QuantParams | None:
 def measure_quantification(probs_by_precision: Mapping[str, np.ndarray], head_probs_fp32: np.ndarray, labels: np.ndarray,
                            classes: Sequence[str], heads: Sequence[str], train_prior: Sequence[float],
                            data: str = "") -> dict[str, Any]:
-    """quantification.json: temperatures fitted on fp32's held-out outputs (combined and each head),
-    ECE before/after, and per precision the confusion counts and mean calibrated posteriors."""
+    """quantification.json: BCTS fitted on fp32's held-out combined output, a temperature per head, ECE
+    before/after, and per precision the confusion counts and mean temperature-scaled posteriors.
+
+    ECE "after" is of the BCTS posteriors (what EM uses); "after_temperature" of the per-cell lines' probabilities."""
     labels = np.asarray(labels, dtype=np.int64)
     k = len(classes)
     fp32 = np.asarray(probs_by_precision["fp32"], np.float64)
-    t_combined = fit_temperature(fp32, labels)
+    t_combined, bias, bias_cov = fit_bias_corrected_temperature(fp32, labels)
     head_probs_fp32 = np.asarray(head_probs_fp32, np.float64)
     t_heads = {h: fit_temperature(head_probs_fp32[:, i], labels) for i, h in enumerate(heads)}
-    before, after = reliability(fp32, labels), reliability(apply_temperature(fp32, t_combined), labels)
+    bcts = apply_class_bias(apply_temperature(fp32, t_combined), bias)
+    before, after = reliability(fp32, labels), reliability(bcts, labels)
     precisions = {}
     for precision, probs in probs_by_precision.items():
         cal = apply_temperature(np.asarray(probs, np.float64), t_combined)
@@ -216,14 +283,16 @@ def measure_quantification(probs_by_precision: Mapping[str, np.ndarray], head_pr
             if (labels == i).any():
                 mean_post[i] = cal[labels == i].mean(axis=0)
         precisions[precision] = {"n_cells": int(len(labels)), "confusion": confusion.tolist(), "mean_posteriors": mean_post.tolist(),
-                                 "ece_before": reliability(probs, labels)["ece"], "ece_after": reliability(cal, labels)["ece"]}
+                                 "ece_before": reliability(probs, labels)["ece"],
+                                 "ece_after": reliability(apply_class_bias(cal, bias), labels)["ece"],
+                                 "ece_after_temperature": reliability(cal, labels)["ece"]}
     prior = np.asarray(train_prior, np.float64)
     return {"schema": QUANT_SCHEMA, "classes": list(classes), "heads": list(heads),
             "train_prior": (prior / prior.sum()).tolist(),
-            "temperature": {"combined": t_combined, "heads": t_heads},
+            "temperature": {"combined": t_combined, "heads": t_heads, "class_bias": bias.tolist(), "class_bias_cov": bias_cov.tolist()},
             "fit": {"data": data, "n_cells": int(len(labels)), "class_counts": np.bincount(labels, minlength=k).tolist(),
                     "ece_before": before["ece"], "ece_after": after["ece"],
-                    "nll_before": nll(fp32, labels), "nll_after": nll(apply_temperature(fp32, t_combined), labels),
+                    "nll_before": nll(fp32, labels), "nll_after": nll(bcts, labels),
                     "reliability_before": before["bins"], "reliability_after": after["bins"]},
             "precisions": precisions}
 
@@ -267,16 +336,16 @@ def em_prior_adaptation(probs: np.ndarray, train_prior: np.ndarray, tol: float =
     single = p.ndim == 2
     if single:
         p = p[None]
-    prior = np.clip(np.asarray(train_prior, np.float64), _PROB_FLOOR, None)
-    prior = prior / prior.sum()
-    ratio = p / prior[None, None, :]
+    prior = np.clip(np.asarray(train_prior, np.float64), _PROB_FLOOR, None)  # (K,) or one per sample (B, K)
+    prior = np.broadcast_to(prior / prior.sum(axis=-1, keepdims=True), (p.shape[0], p.shape[2]))
+    ratio = p / prior[:, None, :]
 
     def step(q: np.ndarray) -> np.ndarray:
         w = ratio * q[:, None, :]
         w /= np.clip(w.sum(axis=2, keepdims=True), _PROB_FLOOR, None)
         return w.mean(axis=1)
 
-    q = np.broadcast_to(prior, (p.shape[0], p.shape[2])).copy()
+    q = prior.copy()
     for _ in range(max_iter):
         q1 = step(q)
         q2 = step(q1)
@@ -301,7 +370,7 @@ def _point(method: str, probs: np.ndarray, rates: np.ndarray, mean_post: np.ndar
         return simplex_lstsq(rates.T, np.bincount(probs.argmax(axis=1), minlength=k) / len(probs))
     if method == "pacc":
         return simplex_lstsq(mean_post.T, probs.mean(axis=0))
-    return em_prior_adaptation(probs, prior)
+    return em_prior_adaptation(probs, prior)  # prior: the effective (bias-corrected) training prior
 
 
 @dataclass
@@ -343,7 +412,7 @@ def estimate_shares(probs: Any, params: QuantParams, method: str = DEFAULT_METHO
     n = len(p)
     if n == 0:
         raise QuantificationError(f"{where}: no cells, no differential to estimate")
-    rates, mean_post, prior = params.rates(), params.mean_posteriors, params.train_prior
+    rates, mean_post, prior = params.rates(), params.mean_posteriors, params.effective_prior()
     notes = []
     empty_rows = [params.classes[i] for i in range(k) if params.row_counts[i] == 0]
     if empty_rows and method in ("acc", "pacc"):
@@ -354,7 +423,12 @@ def estimate_shares(probs: Any, params: QuantParams, method: str = DEFAULT_METHO
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     if method == "em":
-        boot = em_prior_adaptation(p[idx], prior)
+        # the calibration's own error: the class bias redrawn from its Laplace approximation, per replicate
+        priors = np.broadcast_to(prior, (n_boot, k))
+        if params.class_bias_cov is not None:
+            biases = rng.multivariate_normal(params.bias(), params.class_bias_cov, size=n_boot, method="eigh")
+            priors = params.train_prior * np.exp(-biases)
+        boot = em_prior_adaptation(p[idx], priors / priors.sum(axis=1, keepdims=True))
     else:
         boot = np.empty((n_boot, k))
         counts = params.confusion
@@ -376,5 +450,5 @@ def estimate_shares(probs: Any, params: QuantParams, method: str = DEFAULT_METHO
 
 
 __all__ = ["DEFAULT_METHOD", "params_for_bundle", "METHODS", "QUANT_MEMBER", "QUANT_SCHEMA", "QuantParams", "QuantificationError", "ShareEstimate",
-           "apply_temperature", "checked_probs", "em_prior_adaptation", "estimate_shares", "fit_temperature",
+           "apply_class_bias", "apply_temperature", "checked_probs", "fit_bias_corrected_temperature", "em_prior_adaptation", "estimate_shares", "fit_temperature",
            "measure_quantification", "params_from_member", "reliability", "simplex_lstsq"]
