@@ -334,7 +334,7 @@ def differential_estimate(quant_header: Mapping[str, Any] | None, probs: Sequenc
     est = estimate_shares(rows, params, method, where=where)
     names = {"em": "EM prior adaptation", "acc": "adjusted count", "pacc": "probabilistic adjusted count", "cc": "argmax count"}
     note = (f"estimate: {names.get(method, method)} on calibrated probabilities at the sample's own mix, 95% interval by "
-            f"bootstrap over cells{' and the classifier confusion counts' if method in ('acc', 'pacc') else ''}; "
+            f"bootstrap over cells and {'the classifier confusion counts' if method in ('acc', 'pacc') else 'the calibration bias'}; "
             "argmax counts are per-cell labels, not corrected")
     if est.notes:
         note += "; " + "; ".join(est.notes)
