@@ -356,6 +356,7 @@ class Analyzer:
         self.stats = RunStats()
         self.differential = Differential(self.spec.classes)
         self._counted_probs = []
+        self._status_text = ""
         self.gallery = {}
         state = _RunState()
         state.source_validates = _validates_frames(source)
@@ -581,6 +582,22 @@ class Analyzer:
                 "device": self.runner.device, "missing_light": self.missing_light, "batch_size": self.batch_size,
                 "crop_px": self.crop_px, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "wbc_edge_version": __version__, "quantification": self._quant_header()}
+
+    def estimate_status(self, every: int = 25) -> str:
+        """'  | est NEU 61% ...' for the live status line: the point estimate (no interval), refreshed
+        every `every` counted cells so it costs nothing per cell; '' without quantification.json."""
+        n = len(self._counted_probs)
+        if self.quant is None or n == 0:
+            return ""
+        if n // every != getattr(self, "_status_at", -1) or not getattr(self, "_status_text", ""):
+            from wbc_edge.runtime.quantify import estimate_shares
+            from wbc_edge.spec import CLASS_ABBREV
+
+            rows = [[p[c] for c in self.quant.classes] for p in self._counted_probs]
+            est = estimate_shares(rows, self.quant, self.estimator, n_boot=0, where="live status")
+            self._status_at = n // every
+            self._status_text = "  | est " + " ".join(f"{CLASS_ABBREV.get(c, c)} {100 * v:.0f}%" for c, v in zip(est.classes, est.shares))
+        return self._status_text
 
     def _quant_header(self) -> dict[str, Any] | None:
         """What `summarize` needs to rebuild the estimate from the results file alone."""

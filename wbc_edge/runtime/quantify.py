@@ -420,6 +420,10 @@ def estimate_shares(probs: Any, params: QuantParams, method: str = DEFAULT_METHO
     if params.measured_precision != params.precision and method != "cc":
         notes.append(f"classifier rates measured for {params.measured_precision}, run on {params.precision}")
     shares = _point(method, p, rates, mean_post, prior)
+    if n_boot <= 0:  # the point estimate only (the live status line); the Wilson interval alone
+        w_low, w_high = wilson_bounds(shares, n)
+        return ShareEstimate(method=method, classes=list(params.classes), shares=shares, low=np.minimum(w_low, shares),
+                             high=np.maximum(w_high, shares), n_cells=n, notes=notes + ["no bootstrap: Wilson interval only"])
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     if method == "em":
