@@ -616,8 +616,11 @@ class Analyzer:
 
         where = f"run {getattr(writer, 'path', None) or source_name}"
         estimate, note = differential_estimate(self._quant_header(), self._counted_probs, where)
+        from wbc_edge.runtime.reference import assess
+
+        assessment = assess(estimate, self._counted_probs, state.flag_counts.get(FLAG_HEADS_DISAGREE, 0))
         return RunSummary.from_differential(
-            self.differential, estimate=estimate, estimate_note=note, flag_counts=dict(state.flag_counts), sets=snap["counters"].get("sets", 0),
+            self.differential, estimate=estimate, estimate_note=note, assessment=assessment, flag_counts=dict(state.flag_counts), sets=snap["counters"].get("sets", 0),
             sets_skipped=state.sets_skipped, frames=snap["counters"].get("frames", 0),
             frames_dropped=state.frames_dropped + dropped_at_source, frames_rejected=state.frames_rejected,
             cells_discarded=state.cells_discarded, duration_s=snap["elapsed_s"],

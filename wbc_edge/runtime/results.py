@@ -159,6 +159,8 @@ class RunSummary:
     # the bundle's quantification.json; estimate_note says which numbers are estimates, or why there is none
     estimate: dict[str, Any] | None = None
     estimate_note: str = ""
+    # reference.assess: H/L flags against the adult reference intervals and the sample's review reasons
+    assessment: dict[str, Any] | None = None
 
     @classmethod
     def from_differential(cls, diff: Differential, **kw: Any) -> "RunSummary":
@@ -172,20 +174,28 @@ class RunSummary:
         est = self.estimate
         width = 40 + (30 if est else 0)
         head = f"{'class':<12} {'count':>6} {'%':>7}   95% CI"
+        assessment = self.assessment or {}
+        ref, flags = assessment.get("intervals", {}), assessment.get("flags", {})
         if est:
-            head = f"{'class':<12} {'estimate':>9}   95% interval   | argmax {'count':>6} {'%':>7}   95% CI"
+            width += 16
+            head = (f"{'class':<12} {'estimate':>9}   95% interval  {'ref %':>9} flag | argmax {'count':>6} {'%':>7}   95% CI")
         lines = [head, "-" * width]
         for r in self.rows:
             raw = f"{r.count:>6} {r.percent:>6.1f}%   {r.ci_low:5.1f} - {r.ci_high:5.1f}%"
             if est and r.label in est["shares"]:
                 share, lo, hi = (100 * est[k][r.label] for k in ("shares", "low", "high"))
-                lines.append(f"{r.label:<12} {share:>8.1f}%   {lo:5.1f} - {hi:5.1f}%  |        {raw}")
+                rng = f"{ref[r.label][0]:g}-{ref[r.label][1]:g}" if r.label in ref else "-"
+                lines.append(f"{r.label:<12} {share:>8.1f}%   {lo:5.1f} - {hi:5.1f}%  {rng:>9} {flags.get(r.label, ''):>4} |        {raw}")
             else:
                 lines.append(f"{r.label:<12} {raw}")
         lines.append("-" * width)
         lines.append(f"{'total':<12} {self.total_cells:>6}" if not est else f"{'total':<12} {self.total_cells:>9} cells")
         if self.estimate_note:
             lines.append(self.estimate_note)
+        if est and assessment:
+            lines.append(f"reference intervals: {assessment.get('source', '')}; H/L: estimate above/below")
+            review = assessment.get("review") or []
+            lines.append("REVIEW: " + "; ".join(review) if review else "review: not needed by the rules (docs/runtime.md)")
         if self.flag_counts:
             lines.append("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(self.flag_counts.items())))
         return "\n".join(lines)
@@ -358,14 +368,17 @@ def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
         for f in c.flags:
             flags[f] = flags.get(f, 0) + 1
     times = [c.time for c in cells if FLAG_BEYOND_LIMIT not in c.flags]
-    estimate, note = differential_estimate(header.get("quantification"), [c.probs for c in cells if FLAG_BEYOND_LIMIT not in c.flags],
-                                           f"results {results_jsonl}")
+    counted = [c.probs for c in cells if FLAG_BEYOND_LIMIT not in c.flags]
+    estimate, note = differential_estimate(header.get("quantification"), counted, f"results {results_jsonl}")
+    from wbc_edge.runtime.reference import assess
+
+    assessment = assess(estimate, counted, flags.get(FLAG_HEADS_DISAGREE, 0))
     return RunSummary.from_differential(
         diff, flag_counts=flags, sets=len(sets), duration_s=(max(times) - min(times)) if times else 0.0,
         source=str(header.get("source", "")), model=str(header.get("model", "")),
         backend=str(header.get("backend", "")), precision=str(header.get("precision", "")),
         results_path=str(results_jsonl), bad_lines=bad, runs_in_file=len(runs), cells_discarded=discarded,
-        stop_reason="rebuilt from results file", estimate=estimate, estimate_note=note)
+        stop_reason="rebuilt from results file", estimate=estimate, estimate_note=note, assessment=assessment)
 
 
 def count_flags(results: Iterable[CellResult]) -> dict[str, int]:
