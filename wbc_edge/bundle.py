@@ -9,6 +9,9 @@ Members (names are the contract; optional ones may be absent):
     model.<precision>.onnx    one graph per precision: the table in `wbc_edge.precisions`
     calibration.json          calibration-set manifest (cell ids, class counts, content hash)
     accuracy.json             the accuracy gate's report per precision (schema: `wbc_edge.gate_report`)
+    quantification.json       temperatures, training prior, held-out confusion per precision
+                              (the differential estimate, wbc_edge.runtime.quantify; absent in
+                              older bundles: the runtime then reports argmax counts only)
     weights.npz               the trained state_dict as NumPy arrays (no pickle): PyTorch baselines
 """
 from __future__ import annotations
@@ -107,6 +110,15 @@ def write_bundle(path: str | os.PathLike, spec: ModelSpec, files: Mapping[str, b
             zf.writestr(name, data)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+def rewrite_bundle(bundle: "Bundle", files: Mapping[str, bytes], out: str | os.PathLike | None = None) -> Path:
+    """The bundle again with `files` added or replaced (atomically, in place unless `out`)."""
+    members = {n: d for n, d in bundle._members.items() if n != "spec.json"}
+    members.update(files)
+    path = write_bundle(out or bundle.path, bundle.spec, members, bundle.manifest.get("meta"))
+    Bundle.open(path)  # read back: checksums verified
+    return path
 
 
 @dataclass

@@ -131,3 +131,47 @@ def test_calib_capture_cli_writes_a_set_for_the_bundle(good_bundle, tmp_path, ca
     assert calib.source["sets_read"] == 2 and len(calib) > 0
     assert calib_cli.main(["capture", "--source", "/no/such/folder", "--sets", "2", "--bundle", str(good_bundle), "--out", str(tmp_path / "x")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_export_writes_quantification_measured_on_the_held_out_cells(good_bundle, split, spec, dataset, capsys):
+    from wbc_edge.calibration import labels_in_spec_order
+    from wbc_edge.calibration.sets import indices_for_ids
+    from wbc_edge.export.gate import run_onnx
+    from wbc_edge.runtime.quantify import apply_temperature, params_for_bundle
+
+    bundle = Bundle.open(good_bundle)
+    quant = bundle.read_json("quantification.json")
+    train = labels_in_spec_order(dataset, indices_for_ids(dataset, split["train"], "train"), spec)
+    np.testing.assert_allclose(quant["train_prior"], np.bincount(train, minlength=spec.num_classes) / len(train))
+    assert set(quant["precisions"]) == set(bundle.precisions)
+    assert set(quant["temperature"]["heads"]) == set(spec.heads) and quant["temperature"]["combined"] > 0
+    # the confusion counts are the calibrated argmax against the validation labels, recomputed here
+    val_idx = indices_for_ids(dataset, split["val"], "val")
+    from wbc_edge.calibration import inputs_from_dataset
+
+    labels = labels_in_spec_order(dataset, val_idx, spec)
+    probs = run_onnx(bundle.model_bytes("int8-cpu"), spec, inputs_from_dataset(dataset, val_idx, spec))[spec.probs_name]
+    expected = np.zeros((spec.num_classes,) * 2, int)
+    np.add.at(expected, (labels, apply_temperature(probs, quant["temperature"]["combined"]).argmax(1)), 1)
+    assert quant["precisions"]["int8-cpu"]["confusion"] == expected.tolist()
+    assert quant["fit"]["n_cells"] == len(split["val"]) and quant["fit"]["ece_after"] <= quant["fit"]["ece_before"] + 1e-9
+    accuracy = bundle.read_json("accuracy.json")
+    assert accuracy["calibration"]["ece_after"]["fp32"] == quant["precisions"]["fp32"]["ece_after"]
+    assert params_for_bundle(bundle, "fp16").measured_precision == "fp16"
+
+
+def test_quantify_adds_the_member_to_an_existing_bundle_atomically(good_bundle, dataset_dir, tmp_path, capsys):
+    old = tmp_path / "old.wbc"
+    shutil.copy(good_bundle, old)
+    b = Bundle.open(old)
+    from wbc_edge.bundle import write_bundle
+
+    write_bundle(old, b.spec, {n: b.read(n) for n in b.members if n not in ("spec.json", "quantification.json")}, b.manifest["meta"])
+    assert not Bundle.open(old).has("quantification.json")
+    assert export_cli.main(["quantify", "--bundle", str(old), "--data", str(dataset_dir), "--train-prior", "paper"]) == 0
+    assert "ECE" in capsys.readouterr().out
+    new = Bundle.open(old)
+    assert new.read_json("quantification.json")["fit"]["n_cells"] == len(list(dataset_dir.glob("*/*")))
+    assert new.read("model.fp32.onnx") == b.read("model.fp32.onnx")
+    assert export_cli.main(["quantify", "--bundle", str(old), "--data", str(dataset_dir), "--train-prior", "NEU=x"]) == 2
+    assert "share 'x' is not a number" in capsys.readouterr().err

@@ -15,7 +15,7 @@ def test_runtime_modules_import_without_torch():
     r = run_py(
         "import wbc_edge.runtime as rt\n"
         "from wbc_edge.runtime import Analyzer, CellResult, RunSummary, open_backend, open_source\n"
-        "import wbc_edge.runtime.report, wbc_edge.runtime.display, wbc_edge.runtime.stats\n"
+        "import wbc_edge.runtime.report, wbc_edge.runtime.display, wbc_edge.runtime.stats, wbc_edge.runtime.quantify\n"
         "import wbc_edge.runtime.backends.onnxruntime, wbc_edge.cli.run\n"
         "assert sys.modules.get('torch') is None\n"
         "assert not [m for m in sys.modules if m.startswith('torch.')], 'a torch submodule was loaded'\n"

@@ -66,3 +66,20 @@ def test_source_without_truth_is_a_one_line_error(tmp_path, capsys):
     assert synth_main(["score", str(results)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "/dev/video0" in err and "no ground truth" in err
+
+
+def test_score_checks_the_estimate_against_the_truth_at_a_chosen_mix(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert run_main(["synthetic://?seed=4&sets=6&mix=lymphocytosis", "--out", str(out), "--quiet"]) == 0
+    score = score_results(out)
+    assert score.true_counts["lymphocyte"] > score.true_counts["neutrophil"]  # the camera drew the chosen mix
+    check = score.estimate_check()
+    assert set(check) == set(score.classes)
+    for c, e in check.items():  # "inside" is exactly the truth against the printed interval
+        assert e["inside"] == (e["low"] <= score.true_counts[c] / score.true_cells <= e["high"])
+    # force a wrong estimate: its interval then misses the truth and the table says so
+    assert score.estimate is not None
+    score.estimate["low"]["lymphocyte"] = score.estimate["high"]["lymphocyte"] = 0.0
+    assert score.estimate_check()["lymphocyte"]["inside"] is False and " NO" in score.table()
+    assert synth_main(["score", str(out)]) == 0
+    assert "truth inside the 95% interval for" in capsys.readouterr().out

@@ -130,3 +130,17 @@ def test_cli_cells_and_one_line_error(tmp_path, capsys):
 def test_synth_never_imports_torch():
     code = "import sys, wbc_edge.synth, wbc_edge.cli.synth, wbc_edge.synth.separability; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_named_blood_mixes_and_their_errors():
+    from wbc_edge.errors import DataError
+    from wbc_edge.synth.cells import BLOOD_MIXES, class_counts
+    from wbc_edge.synth.frames import SyntheticCamera
+
+    counts = class_counts(1000, "eosinophilia")
+    assert counts == {c: round(1000 * v) for c, v in BLOOD_MIXES["eosinophilia"].items()}
+    cam = SyntheticCamera(seed=1, class_mix="lymphocytosis", n_wbc=(6, 8))
+    labels = [c.label for s in range(12) for c in cam.truth(s)]
+    assert labels.count("lymphocyte") > labels.count("neutrophil")  # 60 % vs 30 %: by far, over ~80 cells
+    with pytest.raises(DataError, match="expected paper, balanced, one of"):
+        class_counts(10, "eosinophilla")

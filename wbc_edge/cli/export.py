@@ -3,6 +3,7 @@
   wbc-export --run RUN [--method mimo-kd] [--fold 0] --out model.wbc --int8 [--fp16]
   wbc-export --checkpoint model.pt --out model.wbc --int8 --gate-data DIR --calib DIR
   wbc-export compare --bundle model.wbc --data DIR
+  wbc-export quantify --bundle model.wbc --data DIR --train-prior balanced
 
 Exits 1 when a precision loses more than --max-drop weighted-F1 points (nothing is written), 2 on a
 usage or input error.
@@ -60,6 +61,34 @@ def get_compare_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def get_quantify_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("wbc-export quantify", add_help=add_help,
+                                description="Measure temperatures and held-out confusion of an existing bundle on labelled cells "
+                                            "it never trained on, and write it again with quantification.json (atomically).")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="held-out labelled dataset (not the model's training cells)")
+    p.add_argument("--train-prior", required=True,
+                   help="class shares of the model's training split: balanced, paper or NEU=0.2,LYM=0.2,...")
+    p.add_argument("--out", type=Path, help="write here instead of replacing --bundle")
+    return p
+
+
+def quantify_main(argv: list[str]) -> int:
+    a = get_quantify_parser().parse_args(argv)
+    from wbc_edge.export.gate import format_calibration, calibration_summary
+    from wbc_edge.export.pipeline import add_quantification
+    from wbc_edge.synth.cells import resolve_mix
+
+    try:
+        quant = add_quantification(a.bundle, a.data, resolve_mix(a.train_prior), a.out)
+    except WbcError as e:
+        print(f"wbc-export quantify: {e}", file=sys.stderr)
+        return 2
+    print(format_calibration(calibration_summary(quant)))
+    print(f"wbc-export quantify: wrote {a.out or a.bundle} with quantification.json")
+    return 0
+
+
 def _setup_logging(quiet: bool) -> None:
     # Root at WARNING silences ONNX Runtime's quantizer chatter (it logs INFO on the root logger);
     # our own steps still reach the handler through the wbc_edge logger.
@@ -91,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
+    if argv[:1] == ["quantify"]:
+        return quantify_main(argv[1:])
     a = get_args_parser().parse_args(argv)
     _setup_logging(a.quiet)
     from wbc_edge.export.pipeline import INT8_VARIANTS, ExportOptions, checkpoint_in_run, export_bundle, load_source, parse_list

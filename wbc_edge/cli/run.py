@@ -66,6 +66,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--order", default=None, metavar="L1,L2,..", help="the camera's light cycle (default: the model's lights)")
     p.add_argument("--crop-px", type=int, default=None, metavar="PX", help="crop window in frame pixels (default: from the bundle)")
     p.add_argument("--align", action="store_true", help="correct small shifts between lights before cropping")
+    p.add_argument("--estimator", default=None, choices=("em", "acc", "pacc", "cc"),
+                   help="how the differential is estimated from the calibrated probabilities (default: em, chosen by "
+                        "benchmarks/count.py); the argmax counts are always shown beside it")
     p.add_argument("--out", metavar="FILE", help="per-cell results, JSON lines, appended and flushed per cell")
     p.add_argument("--sample-id", metavar="ID", help="the sample's accession id, recorded in the results header; "
                    "a run without one is counted but never sent to the LIS (wbc-lis)")
@@ -153,7 +156,8 @@ def run(a: argparse.Namespace) -> int:
 
     analyzer = Analyzer(model, backend=a.backend, precision=a.precision, batch_size=a.batch, max_wait_ms=a.max_wait_ms,
                         missing_light=a.missing_light, crop_px=a.crop_px, align=a.align, light_order=order,
-                        intra_op_threads=a.threads, engine_cache=a.engine_cache, gallery_per_class=8 if a.report else 0)
+                        intra_op_threads=a.threads, engine_cache=a.engine_cache, gallery_per_class=8 if a.report else 0,
+                        estimator=a.estimator)
     if a.device_serial:
         analyzer.device_serial = check_identifier(a.device_serial, "device serial")
     status = StatusLine(enabled=not a.quiet)
@@ -184,7 +188,7 @@ def run(a: argparse.Namespace) -> int:
 
     def on_result(_res: Any) -> None:
         rate = analyzer.stats.counters.get("cells", 0) / max(analyzer.stats.elapsed, 1e-9)
-        status.update(f"{analyzer.differential.status_line()}  [{rate:.1f} cells/s]")
+        status.update(f"{analyzer.differential.status_line()}{analyzer.estimate_status()}  [{rate:.1f} cells/s]")
 
     def on_set(light_set: Any, results: list) -> None:
         if a.stats_every and time.monotonic() - last_stats[0] >= a.stats_every:

@@ -20,7 +20,9 @@ def get_parser() -> argparse.ArgumentParser:
     cells.add_argument("--n", type=int, required=True, help="number of cells")
     cells.add_argument("--seed", type=int, default=0)
     cells.add_argument("--size", type=int, default=None, help="crop side in pixels (default: the native crop, CROP_PX)")
-    cells.add_argument("--class-mix", default="paper", help="paper (default), balanced, or NEU=0.5,LYM=0.3,...")
+    cells.add_argument("--class-mix", default="paper",
+                       help="paper (default), balanced, a blood mix (normal, eosinophilia, neutrophilia, lymphocytosis, "
+                            "monocytosis) or NEU=0.5,LYM=0.3,...")
     cells.add_argument("--groups", type=int, default=8, help="simulated donors (group column)")
 
     frames = sub.add_parser("frames", help="camera frames: out/frames/*.png, out/video.avi, out/truth.jsonl, out/meta.json", parents=[common])
@@ -32,8 +34,12 @@ def get_parser() -> argparse.ArgumentParser:
     frames.add_argument("--height", type=int, default=480)
     frames.add_argument("--fps", type=float, default=30.0)
     frames.add_argument("--no-video", action="store_true", help="write the frame folder only")
+    frames.add_argument("--mix", default=None,
+                        help="blood mix of the white cells: paper (default), normal, eosinophilia, neutrophilia, lymphocytosis, "
+                             "monocytosis or NEU=0.6,LYM=0.3,... (the stream's own: synthetic://?mix=NAME)")
 
-    score = sub.add_parser("score", help="score a wbc-run results file against the synthetic ground truth of its source")
+    score = sub.add_parser("score", help="score a wbc-run results file against the synthetic ground truth of its source: "
+                                         "cells found, classified right, argmax and estimated differential vs the true one")
     score.add_argument("results", help="results.jsonl written by wbc-run on synthetic:// or a wbc-synth frames folder/video")
     score.add_argument("--json", action="store_true", help="print the score as JSON")
     return parser
@@ -60,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         order = tuple(s.strip() for s in args.order.split(",") if s.strip())
         out = write_frames(args.out, sets=args.sets, seed=args.seed, light_order=order, width=args.width,
-                           height=args.height, video=not args.no_video, fps=args.fps, progress=not args.quiet)
+                           height=args.height, video=not args.no_video, fps=args.fps, progress=not args.quiet,
+                           class_mix=args.mix)
         print(f"wrote {args.sets} sets of {len(order)} frames: {out}")
     return 0
 

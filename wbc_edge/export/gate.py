@@ -50,12 +50,15 @@ def evaluate_precisions(
     inputs: np.ndarray,
     labels: np.ndarray,
     batch_size: int = 64,
+    outputs: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    """Metrics for every precision plus agreement and max probability difference vs `fp32`."""
+    """Metrics for every precision plus agreement and max probability difference vs `fp32`.
+
+    `outputs`: each precision's `run_onnx` result when the caller already has it."""
     if "fp32" not in models:
         raise AccuracyGateError("accuracy gate: no fp32 model to compare against")
     labels = np.asarray(labels, dtype=np.int64)
-    outputs = {p: run_onnx(m, spec, inputs, batch_size) for p, m in models.items()}
+    outputs = dict(outputs) if outputs is not None else {p: run_onnx(m, spec, inputs, batch_size) for p, m in models.items()}
     ref = outputs["fp32"][spec.probs_name]
     ref_heads = outputs["fp32"][spec.head_probs_name]
     report: dict[str, Any] = {"n_cells": int(len(labels)), "class_counts": {c: int(n) for c, n in zip(spec.classes, np.bincount(labels, minlength=spec.num_classes))}, "precisions": {}}
@@ -129,7 +132,25 @@ def format_table(report: dict[str, Any], classes: Sequence[str]) -> str:
             f"{precision:<10} {row['weighted_f1']:7.2f} {row['weighted_f1_drop']:6.2f} {row['macro_f1']:7.2f} "
             f"{row['agreement_with_fp32']:7.2f} {row['max_prob_diff']:7.4f} {recalls}  {verdict}"
         )
+    if report.get("calibration"):
+        lines.append(format_calibration(report["calibration"]))
     return "\n".join(lines)
+
+
+def calibration_summary(quant: Mapping[str, Any]) -> dict[str, Any]:
+    """The gate report's view of quantification.json: temperatures and ECE before/after per precision."""
+    return {"temperature": quant["temperature"], "n_cells": quant["fit"]["n_cells"],
+            "ece_before": {p: r["ece_before"] for p, r in quant["precisions"].items()},
+            "ece_after": {p: r["ece_after"] for p, r in quant["precisions"].items()}}
+
+
+def format_calibration(cal: Mapping[str, Any]) -> str:
+    t = cal["temperature"]
+    heads = ", ".join(f"{h} {v:.2f}" for h, v in t["heads"].items())
+    ece = ", ".join(f"{p} {100 * cal['ece_before'][p]:.1f} -> {100 * cal['ece_after'][p]:.1f}" for p in cal["ece_before"])
+    bias = " ".join(f"{v:+.2f}" for v in t.get("class_bias") or [])
+    return (f"calibration on {cal['n_cells']} held-out cells: T combined {t['combined']:.2f}, class bias [{bias}] (heads: {heads}); "
+            f"ECE % before -> after (bias-corrected temperature scaling): {ece}")
 
 
 def dataset_inputs(data: Any, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:

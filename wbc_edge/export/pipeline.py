@@ -12,17 +12,19 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from wbc_edge import gate_report
-from wbc_edge.bundle import PRECISION_MEMBERS, WEIGHTS_MEMBER, Bundle, write_bundle
+from wbc_edge.bundle import PRECISION_MEMBERS, WEIGHTS_MEMBER, Bundle, rewrite_bundle, write_bundle
 from wbc_edge.calibration import CalibrationSet, inputs_from_dataset, labels_in_spec_order, select_calibration_set
 from wbc_edge.calibration.sets import indices_for_ids
 from wbc_edge.errors import AccuracyGateError, BackendUnavailable, CalibrationError, DataError, UsageError
-from wbc_edge.export.gate import DEFAULT_MAX_DROP, check_gate, evaluate_precisions, format_table, gate_error
+from wbc_edge.export.gate import (DEFAULT_MAX_DROP, calibration_summary, check_gate, evaluate_precisions, format_table,
+                                  gate_error, run_onnx)
 from wbc_edge.run_layout import RunLayout, split_of_checkpoint
+from wbc_edge.runtime.quantify import QUANT_MEMBER, measure_quantification
 from wbc_edge.spec import ModelSpec
 
 LOGGER = logging.getLogger(__name__)
@@ -157,6 +159,34 @@ def gate_inputs(source: ExportSource, options: ExportOptions) -> tuple[np.ndarra
     return inputs_from_dataset(ds, idx, spec), labels_in_spec_order(ds, idx, spec), where
 
 
+def train_prior(source: ExportSource) -> np.ndarray | None:
+    """Class shares of the fold's training split (what the posteriors were trained at), None when unknown."""
+    if source.split is None:
+        return None
+    ds = source.dataset()
+    idx = indices_for_ids(ds, source.split["train"], f"{source.split_path} 'train'")
+    counts = np.bincount(labels_in_spec_order(ds, idx, source.spec), minlength=source.spec.num_classes)
+    return counts / counts.sum() if counts.sum() else None
+
+
+def add_quantification(bundle_path: Path, data: Path, prior: Mapping[str, float] | Sequence[float], out: Path | None = None) -> dict[str, Any]:
+    """Measure temperatures and held-out rates of an existing bundle on labelled cells it never saw
+    and write it again (atomically) with quantification.json; `prior`: its training split's class
+    shares ({class: share}, or a sequence in the spec's class order)."""
+    from wbc_edge.export.gate import dataset_inputs
+
+    bundle = Bundle.open(bundle_path)
+    spec = bundle.spec
+    if isinstance(prior, Mapping):
+        prior = [float(prior.get(c, 0.0)) for c in spec.classes]
+    inputs, labels = dataset_inputs(data, spec)
+    outputs = {p: run_onnx(bundle.model_bytes(p), spec, inputs) for p in bundle.precisions}
+    quant = measure_quantification({p: o[spec.probs_name] for p, o in outputs.items()}, outputs["fp32"][spec.head_probs_name],
+                                   labels, spec.classes, spec.heads, prior, data=str(data))
+    rewrite_bundle(bundle, {QUANT_MEMBER: json.dumps(quant, indent=2).encode()}, out)
+    return quant
+
+
 def calibration_set(source: ExportSource, options: ExportOptions) -> CalibrationSet:
     if options.calib_dir is not None:
         calib = CalibrationSet.load(options.calib_dir)
@@ -278,10 +308,19 @@ def export_bundle(source: ExportSource, options: ExportOptions, emit: Callable[[
             row["bytes"] = len(models["fp16"])
 
     accuracy: dict[str, Any] = {}
+    quant: dict[str, Any] | None = None
     if inputs is not None:
         with steps.step("accuracy gate (ONNX Runtime CPU)") as row:
-            accuracy = evaluate_precisions(models, spec, inputs, labels)
+            outputs = {p: run_onnx(m, spec, inputs) for p, m in models.items()}
+            accuracy = evaluate_precisions(models, spec, inputs, labels, outputs=outputs)
             accuracy["data"] = gate_where
+            prior = train_prior(source)
+            if prior is None:
+                LOGGER.warning("no training split known: %s not written (the runtime then reports argmax counts only)", QUANT_MEMBER)
+            else:
+                quant = measure_quantification({p: o[spec.probs_name] for p, o in outputs.items()}, outputs["fp32"][spec.head_probs_name],
+                                               labels, spec.classes, spec.heads, prior, data=gate_where)
+                accuracy["calibration"] = calibration_summary(quant)
             failed = check_gate(accuracy, options.max_drop, min_agreement=options.min_agreement)
             emit(format_table(accuracy, spec.classes))
             if failed:
@@ -295,6 +334,8 @@ def export_bundle(source: ExportSource, options: ExportOptions, emit: Callable[[
             files[gate_report.MEMBER] = gate_report.encode(accuracy)
         if calib_manifest is not None:
             files["calibration.json"] = json.dumps(calib_manifest, indent=2).encode()
+        if quant is not None:
+            files[QUANT_MEMBER] = json.dumps(quant, indent=2).encode()
         files[WEIGHTS_MEMBER] = state_dict_npz(source.model)
         meta = {"source_checkpoint": str(source.checkpoint), "precisions": sorted(models),
                 "kept_float": {p: r["kept_float"] for p, r in int8_records.items()}, "steps": steps.rows}
@@ -345,5 +386,5 @@ def parse_list(text: str | None, allowed: Sequence[str] | None = None, what: str
     return items
 
 
-__all__ = ["AccuracyGateError", "ExportOptions", "ExportResult", "ExportSource", "build_engines", "checkpoint_in_run",
+__all__ = ["AccuracyGateError", "add_quantification", "ExportOptions", "ExportResult", "ExportSource", "build_engines", "checkpoint_in_run",
            "compare_bundle", "export_bundle", "load_source", "parse_list"]

@@ -6,9 +6,10 @@ Embedding API (no torch, imported lazily so `import wbc_edge.runtime` stays chea
 
     with Analyzer("model.wbc", missing_light="heads") as analyzer:
         summary = analyzer.analyze(open_source("/dev/video0"), sink="results.jsonl", max_cells=200)
-    print(summary.format_table())
+    print(summary.format_table())          # the estimated differential beside the argmax counts
 
-See docs/runtime.md.
+The differential from any cells' probabilities: `params_for_bundle(bundle, precision)` and
+`estimate_shares(probs, params)` (wbc_edge.runtime.quantify). See docs/runtime.md.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ _EXPORTS = {
     "Differential": "wbc_edge.runtime.results",
     "ResultWriter": "wbc_edge.runtime.results",
     "summarize": "wbc_edge.runtime.results",
+    "estimate_shares": "wbc_edge.runtime.quantify",
+    "params_for_bundle": "wbc_edge.runtime.quantify",
     "open_backend": "wbc_edge.runtime.backends",
     "Runner": "wbc_edge.runtime.backends.base",
 }

@@ -141,7 +141,7 @@ class Analyzer:
                  intra_op_threads: int | None = None, engine_cache: str | None = None,
                  gallery_per_class: int = 0, runner: Any = None,
                  locator: Callable[[np.ndarray], list] | None = None, cropper: Callable[..., Any] | None = None,
-                 assembler_factory: Callable[[Sequence[str]], Any] | None = None):
+                 assembler_factory: Callable[[Sequence[str]], Any] | None = None, estimator: str | None = None):
         self.bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else Bundle.open(bundle_or_path)
         self.spec = self.bundle.spec
         if missing_light not in MISSING_LIGHT_POLICIES:
@@ -165,6 +165,14 @@ class Analyzer:
             runner = open_backend(self.bundle, backend=backend, precision=precision, intra_op_threads=intra_op_threads,
                                   engine_cache=engine_cache)
         self.runner = runner
+        # calibrated probabilities and the differential estimate (runtime.quantify); None: an older bundle
+        from wbc_edge.runtime.quantify import DEFAULT_METHOD, METHODS, params_for_bundle
+
+        if (estimator or DEFAULT_METHOD) not in METHODS:
+            raise SpecError(f"estimator '{estimator}' is not one of {list(METHODS)}")
+        self.estimator = estimator or DEFAULT_METHOD
+        self.quant = params_for_bundle(self.bundle, str(getattr(self.runner, "precision", "fp32")))
+        self._counted_probs: list[dict[str, float]] = []
         self._locate = locator
         self._crop = cropper
         self._assembler_factory = assembler_factory
@@ -286,12 +294,20 @@ class Analyzer:
         if not isinstance(frame_indices, dict):
             frame_indices = dict(zip(self.light_order, frame_indices))
         frame_indices = {str(k): int(v) for k, v in frame_indices.items() if v is not None}
+        # With a light missing, the combined output averaged a head that saw only the fill value:
+        # recombine from the present heads (head_combine "mean").
+        combined = work.head_probs[:, present].mean(axis=1) if work.missing else work.probs
+        heads = work.head_probs
+        if self.quant is not None:  # temperature scaling, exact on probabilities: argmax unchanged
+            from wbc_edge.runtime.quantify import apply_temperature
+
+            combined = apply_temperature(combined, self.quant.temperature)
+            heads = np.stack([apply_temperature(heads[:, h], self.quant.head_temperatures.get(spec.heads[h], 1.0))
+                              for h in range(spec.num_heads)], axis=1)
         out = []
         for i, box in enumerate(work.boxes):
-            hp = work.head_probs[i]
-            # With a light missing, the combined output averaged a head that saw only the fill value:
-            # recombine from the present heads (head_combine "mean").
-            p = hp[present].mean(axis=0) if work.missing else work.probs[i]
+            hp = heads[i]
+            p = combined[i]
             k = int(np.argmax(p))
             flags = list(work.flags)
             if len(present) > 1 and len({int(np.argmax(hp[h])) for h in present}) > 1:
@@ -341,6 +357,8 @@ class Analyzer:
         self._stop_reason = ""
         self.stats = RunStats()
         self.differential = Differential(self.spec.classes)
+        self._counted_probs = []
+        self._status_text = ""
         self.gallery = {}
         state = _RunState()
         state.source_validates = _validates_frames(source)
@@ -540,6 +558,7 @@ class Analyzer:
                 with self.stats.time("write"):
                     writer.write(res)
             self.differential.add(res.label)
+            self._counted_probs.append(res.probs)
             self.stats.count("cells")
             self._keep_for_gallery(work, res)
             counted.append(res)
@@ -576,7 +595,27 @@ class Analyzer:
                 "model": str(self.bundle.path), "backend": self.runner.backend, "precision": self.runner.precision,
                 "device": self.runner.device, "missing_light": self.missing_light, "batch_size": self.batch_size,
                 "crop_px": self.crop_px, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "wbc_edge_version": __version__}
+                "wbc_edge_version": __version__, "quantification": self._quant_header()}
+
+    def estimate_status(self, every: int = 25) -> str:
+        """'  | est NEU 61% ...' for the live status line: the point estimate (no interval), refreshed
+        every `every` counted cells so it costs nothing per cell; '' without quantification.json."""
+        n = len(self._counted_probs)
+        if self.quant is None or n == 0:
+            return ""
+        if n // every != getattr(self, "_status_at", -1) or not getattr(self, "_status_text", ""):
+            from wbc_edge.runtime.quantify import estimate_shares
+            from wbc_edge.spec import CLASS_ABBREV
+
+            rows = [[p[c] for c in self.quant.classes] for p in self._counted_probs]
+            est = estimate_shares(rows, self.quant, self.estimator, n_boot=0, where="live status")
+            self._status_at = n // every
+            self._status_text = "  | est " + " ".join(f"{CLASS_ABBREV.get(c, c)} {100 * v:.0f}%" for c, v in zip(est.classes, est.shares))
+        return self._status_text
+
+    def _quant_header(self) -> dict[str, Any] | None:
+        """What `summarize` needs to rebuild the estimate from the results file alone."""
+        return None if self.quant is None else {**self.quant.to_header(), "estimator": self.estimator}
 
     def _summary(self, source: Any, source_name: str, state: _RunState, writer: Any) -> RunSummary:
         snap = self.stats.snapshot()
@@ -587,8 +626,15 @@ class Analyzer:
         if isinstance(source_counters, dict):
             snap["source"] = dict(source_counters)
             dropped_at_source = int(source_counters.get("dropped", 0) or 0)  # e.g. a camera's one-frame buffer
+        from wbc_edge.runtime.results import differential_estimate
+
+        where = f"run {getattr(writer, 'path', None) or source_name}"
+        estimate, note = differential_estimate(self._quant_header(), self._counted_probs, where)
+        from wbc_edge.runtime.reference import assess
+
+        assessment = assess(estimate, self._counted_probs, state.flag_counts.get(FLAG_HEADS_DISAGREE, 0))
         return RunSummary.from_differential(
-            self.differential, flag_counts=dict(state.flag_counts), sets=snap["counters"].get("sets", 0),
+            self.differential, estimate=estimate, estimate_note=note, assessment=assessment, flag_counts=dict(state.flag_counts), sets=snap["counters"].get("sets", 0),
             sets_skipped=state.sets_skipped, frames=snap["counters"].get("frames", 0),
             frames_dropped=state.frames_dropped + dropped_at_source, frames_rejected=state.frames_rejected,
             cells_discarded=state.cells_discarded, duration_s=snap["elapsed_s"],

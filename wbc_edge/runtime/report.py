@@ -69,12 +69,28 @@ def _img_tag(rgb: np.ndarray, alt: str) -> str:
 def render_report(summary: RunSummary, gallery: Mapping[str, Sequence[np.ndarray]] | None = None,
                   title: str = "White blood cell differential", extra_facts: Mapping[str, str] | None = None) -> str:
     esc = html.escape
-    table = ["<table><tr><th>class</th><th>count</th><th>%</th><th>95% CI</th></tr>"]
+    est = summary.estimate
+    assessment = summary.assessment or {}
+    ref, flags = assessment.get("intervals", {}), assessment.get("flags", {})
+    est_head = "<th>estimate %</th><th>95% interval</th><th>reference %</th><th>flag</th>" if est else ""
+    table = [f"<table><tr><th>class</th>{est_head}<th>argmax count</th><th>argmax %</th><th>95% CI</th></tr>"]
     for r in summary.rows:
         abbrev = CLASS_ABBREV.get(r.label, "")
-        table.append(f"<tr><td>{esc(r.label)} {('(' + abbrev + ')') if abbrev else ''}</td><td>{r.count}</td>"
+        est_cells = ""
+        if est and r.label in est["shares"]:
+            rng = f"{ref[r.label][0]:g} &ndash; {ref[r.label][1]:g}" if r.label in ref else "-"
+            est_cells = (f"<td><b>{100 * est['shares'][r.label]:.1f}</b></td><td>{100 * est['low'][r.label]:.1f} &ndash; "
+                         f"{100 * est['high'][r.label]:.1f}</td><td>{rng}</td><td><b>{esc(flags.get(r.label, ''))}</b></td>")
+        table.append(f"<tr><td>{esc(r.label)} {('(' + abbrev + ')') if abbrev else ''}</td>{est_cells}<td>{r.count}</td>"
                      f"<td>{r.percent:.1f}</td><td>{r.ci_low:.1f} &ndash; {r.ci_high:.1f}</td></tr>")
-    table.append(f"<tr><th>total</th><th>{summary.total_cells}</th><th>100</th><th></th></tr></table>")
+    pad = "<th></th>" * 4 if est else ""
+    table.append(f"<tr><th>total</th>{pad}<th>{summary.total_cells}</th><th>100</th><th></th></tr></table>")
+    notes = [summary.estimate_note] if summary.estimate_note else []
+    if est and assessment:
+        notes.append(f"Reference intervals: {assessment.get('source', '')}. H/L: the estimate is above/below the interval.")
+        review = assessment.get("review") or []
+        notes.append(("REVIEW this sample: " + "; ".join(review)) if review else "No review flag raised by the rules.")
+    table.append("".join(f'<p class="note">{esc(n)}</p>' for n in notes))
     facts = {
         "source": summary.source, "model": summary.model,
         "backend / precision": f"{summary.backend} / {summary.precision}",
@@ -96,8 +112,9 @@ def render_report(summary: RunSummary, gallery: Mapping[str, Sequence[np.ndarray
 <html lang="en"><head><meta charset="utf-8">{REPORT_MARKER}<title>{esc(title)}</title><style>{_CSS}</style></head>
 <body>
 <h1>{esc(title)}</h1>
-<p class="note">{summary.total_cells} cells classified by the four-light MM-MIMO classifier. The 95% interval
-is the Wilson score interval for each class's share: with few cells, rare classes are uncertain.
+<p class="note">{summary.total_cells} cells classified by the four-light MM-MIMO classifier. The estimate is the
+sample's differential estimated from all cells' calibrated probabilities, with its 95% interval; the
+argmax count is each cell's most likely class counted, with the Wilson score interval of its share.
 This is a research tool, not a diagnostic device.</p>
 <h2>Differential count</h2>
 {''.join(table)}

@@ -157,6 +157,12 @@ class RunSummary:
     stats: dict[str, Any] = field(default_factory=dict)
     sample: dict[str, Any] | None = None  # wbc_edge.lis.SampleIdentity.to_dict(); None: counted, never sent
     instrument: dict[str, Any] | None = None  # software version, model bundle hash, device serial
+    # the sample's differential estimated at its own mix (quantify.ShareEstimate.to_dict()), None without
+    # the bundle's quantification.json; estimate_note says which numbers are estimates, or why there is none
+    estimate: dict[str, Any] | None = None
+    estimate_note: str = ""
+    # reference.assess: H/L flags against the adult reference intervals and the sample's review reasons
+    assessment: dict[str, Any] | None = None
 
     @classmethod
     def from_differential(cls, diff: Differential, **kw: Any) -> "RunSummary":
@@ -166,12 +172,32 @@ class RunSummary:
         return asdict(self)
 
     def format_table(self) -> str:
-        """The end-of-run table: class, count, percent, 95% CI."""
-        lines = [f"{'class':<12} {'count':>6} {'%':>7}   95% CI", "-" * 40]
+        """The end-of-run table: the estimated differential with its 95% interval beside the argmax counts."""
+        est = self.estimate
+        width = 40 + (30 if est else 0)
+        head = f"{'class':<12} {'count':>6} {'%':>7}   95% CI"
+        assessment = self.assessment or {}
+        ref, flags = assessment.get("intervals", {}), assessment.get("flags", {})
+        if est:
+            width += 16
+            head = (f"{'class':<12} {'estimate':>9}   95% interval  {'ref %':>9} flag | argmax {'count':>6} {'%':>7}   95% CI")
+        lines = [head, "-" * width]
         for r in self.rows:
-            lines.append(f"{r.label:<12} {r.count:>6} {r.percent:>6.1f}%   {r.ci_low:5.1f} - {r.ci_high:5.1f}%")
-        lines.append("-" * 40)
-        lines.append(f"{'total':<12} {self.total_cells:>6}")
+            raw = f"{r.count:>6} {r.percent:>6.1f}%   {r.ci_low:5.1f} - {r.ci_high:5.1f}%"
+            if est and r.label in est["shares"]:
+                share, lo, hi = (100 * est[k][r.label] for k in ("shares", "low", "high"))
+                rng = f"{ref[r.label][0]:g}-{ref[r.label][1]:g}" if r.label in ref else "-"
+                lines.append(f"{r.label:<12} {share:>8.1f}%   {lo:5.1f} - {hi:5.1f}%  {rng:>9} {flags.get(r.label, ''):>4} |        {raw}")
+            else:
+                lines.append(f"{r.label:<12} {raw}")
+        lines.append("-" * width)
+        lines.append(f"{'total':<12} {self.total_cells:>6}" if not est else f"{'total':<12} {self.total_cells:>9} cells")
+        if self.estimate_note:
+            lines.append(self.estimate_note)
+        if est and assessment:
+            lines.append(f"reference intervals: {assessment.get('source', '')}; H/L: estimate above/below")
+            review = assessment.get("review") or []
+            lines.append("REVIEW: " + "; ".join(review) if review else "review: not needed by the rules (docs/runtime.md)")
         if self.flag_counts:
             lines.append("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(self.flag_counts.items())))
         return "\n".join(lines)
@@ -304,6 +330,29 @@ def read_results(path: str | os.PathLike) -> tuple[dict[str, Any], list[CellResu
     return header, cells, bad
 
 
+def differential_estimate(quant_header: Mapping[str, Any] | None, probs: Sequence[Sequence[float]] | Sequence[Mapping[str, float]],
+                          where: str) -> tuple[dict[str, Any] | None, str]:
+    """(estimate, note) for the counted cells' calibrated probabilities, from the run header's
+    "quantification" entry; the live run and `summarize` both call this, on the same numbers."""
+    if not quant_header:
+        return None, "no estimate: the bundle has no quantification.json, so these are argmax counts, not corrected for the sample's mix"
+    from wbc_edge.runtime.quantify import DEFAULT_METHOD, QuantParams, estimate_shares
+
+    params = QuantParams.from_header(quant_header, f"{where}: run header")
+    method = str(quant_header.get("estimator", DEFAULT_METHOD))
+    if not probs:
+        return None, "no estimate: no cells counted"
+    rows = [[row.get(c, math.nan) for c in params.classes] if isinstance(row, Mapping) else list(row) for row in probs]
+    est = estimate_shares(rows, params, method, where=where)
+    names = {"em": "EM prior adaptation", "acc": "adjusted count", "pacc": "probabilistic adjusted count", "cc": "argmax count"}
+    note = (f"estimate: {names.get(method, method)} on calibrated probabilities at the sample's own mix, 95% interval by "
+            f"bootstrap over cells and {'the classifier confusion counts' if method in ('acc', 'pacc') else 'the calibration bias'}; "
+            "argmax counts are per-cell labels, not corrected")
+    if est.notes:
+        note += "; " + "; ".join(est.notes)
+    return est.to_dict(), note
+
+
 def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
     """Rebuild the run's differential from its per-cell results file (the source of truth)."""
     runs, bad = read_runs(results_jsonl)
@@ -321,9 +370,15 @@ def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
         for f in c.flags:
             flags[f] = flags.get(f, 0) + 1
     times = [c.time for c in cells if FLAG_BEYOND_LIMIT not in c.flags]
+    counted = [c.probs for c in cells if FLAG_BEYOND_LIMIT not in c.flags]
+    estimate, note = differential_estimate(header.get("quantification"), counted, f"results {results_jsonl}")
+    from wbc_edge.runtime.reference import assess
+
+    assessment = assess(estimate, counted, flags.get(FLAG_HEADS_DISAGREE, 0))
     return RunSummary.from_differential(
         diff, flag_counts=flags, sets=len(sets), duration_s=(max(times) - min(times)) if times else 0.0,
         source=str(header.get("source", "")), model=str(header.get("model", "")),
         backend=str(header.get("backend", "")), precision=str(header.get("precision", "")),
         results_path=str(results_jsonl), bad_lines=bad, runs_in_file=len(runs), cells_discarded=discarded,
-        stop_reason="rebuilt from results file", sample=header.get("sample"), instrument=header.get("instrument"))
+        stop_reason="rebuilt from results file", sample=header.get("sample"), instrument=header.get("instrument"),
+        estimate=estimate, estimate_note=note, assessment=assessment)

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from wbc_edge.errors import DataError
 from wbc_edge.runtime.locator import greedy_match
-from wbc_edge.runtime.results import CellResult, read_results
+from wbc_edge.runtime.results import FLAG_BEYOND_LIMIT, CellResult, differential_estimate, read_results
 
 MATCH_IOU = 0.3
 
@@ -49,6 +49,20 @@ class StreamScore:
     true_counts: dict[str, int]
     reported_counts: dict[str, int]
     unmatched_sets: list[int] = field(default_factory=list)  # result sets whose frames the truth does not know
+    estimate: dict[str, Any] | None = None  # the run's estimated differential (results.differential_estimate)
+    estimate_note: str = ""
+
+    def estimate_check(self) -> dict[str, dict[str, Any]]:
+        """Per class: true share, estimated share, its interval and whether the truth lies inside (shares 0..1)."""
+        if not self.estimate:
+            return {}
+        n_true = sum(self.true_counts.values()) or 1
+        out = {}
+        for c in self.classes:
+            true = self.true_counts[c] / n_true
+            lo, hi = self.estimate["low"][c], self.estimate["high"][c]
+            out[c] = {"true": true, "estimate": self.estimate["shares"][c], "low": lo, "high": hi, "inside": bool(lo <= true <= hi)}
+        return out
 
     @property
     def recall(self) -> float:
@@ -67,18 +81,30 @@ class StreamScore:
                 "true_cells": self.true_cells, "found": self.found, "matched": self.matched, "correct": self.correct,
                 "recall": self.recall, "precision": self.precision, "accuracy": self.accuracy,
                 "confusion": self.confusion, "true_counts": self.true_counts, "reported_counts": self.reported_counts,
-                "unmatched_sets": self.unmatched_sets}
+                "unmatched_sets": self.unmatched_sets, "estimate": self.estimate, "estimate_check": self.estimate_check(),
+                "estimate_note": self.estimate_note}
 
     def table(self) -> str:
         """The differential beside the truth, per class, as a console table."""
         n_true = sum(self.true_counts.values()) or 1
         n_rep = sum(self.reported_counts.values()) or 1
-        lines = [f"{'class':<12} {'true':>6} {'true%':>7} {'reported':>9} {'rep%':>7} {'recall':>7}", "-" * 52]
+        check = self.estimate_check()
+        extra = f" {'est%':>6}  {'95% interval':>13} {'truth in':>8}" if check else ""
+        lines = [f"{'class':<12} {'true':>6} {'true%':>7} {'argmax':>9} {'arg%':>7} {'recall':>7}{extra}", "-" * (52 + len(extra))]
         for i, name in enumerate(self.classes):
             row = self.confusion[i]
             recall = f"{100 * row[i] / sum(row):6.1f}%" if sum(row) else "     -"
+            est = ""
+            if check:
+                e = check[name]
+                est = (f" {100 * e['estimate']:>5.1f}%  {100 * e['low']:5.1f} - {100 * e['high']:5.1f}% "
+                       f"{'yes' if e['inside'] else 'NO':>8}")
             lines.append(f"{name:<12} {self.true_counts[name]:>6} {100 * self.true_counts[name] / n_true:>6.1f}% "
-                         f"{self.reported_counts[name]:>9} {100 * self.reported_counts[name] / n_rep:>6.1f}% {recall:>7}")
+                         f"{self.reported_counts[name]:>9} {100 * self.reported_counts[name] / n_rep:>6.1f}% {recall:>7}{est}")
+        if check:
+            lines.append(f"truth inside the 95% interval for {sum(e['inside'] for e in check.values())} of {len(check)} classes")
+        if self.estimate_note:
+            lines.append(self.estimate_note)
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -191,6 +217,8 @@ def score_results(results_path: str | os.PathLike, truth: Truth | None = None) -
                 matched += 1
             found_required += not real[j].get("cut_by_border")
     correct = sum(confusion[i][i] for i in range(len(classes)))
-    return StreamScore(classes=classes, source=source, sets=len(by_set), classified=len(cells), true_cells=true_cells,
+    counted = [c.probs for c in cells if FLAG_BEYOND_LIMIT not in c.flags]
+    estimate, note = differential_estimate(header.get("quantification"), counted, f"results {results_path}")
+    return StreamScore(estimate=estimate, estimate_note=note,classes=classes, source=source, sets=len(by_set), classified=len(cells), true_cells=true_cells,
                        matched=matched, found=found_required, correct=correct, confusion=confusion, true_counts=true_counts,
                        reported_counts=reported_counts, unmatched_sets=sorted(unmatched_sets))

@@ -7,7 +7,8 @@ URI forms follow jetson-inference's `videoSource`:
     rtsp://host/path                  network stream through OpenCV (FFmpeg)
     file:///path/clip.avi, clip.mp4   video file
     DIR, file:///DIR                  image folder (sorted; one light per frame)
-    synthetic://?seed=1&sets=50       the built-in simulated four-light camera (wbc_edge.synth.frames)
+    synthetic://?seed=1&sets=50       the built-in simulated four-light camera (wbc_edge.synth.frames);
+                                      &mix=eosinophilia (or NEU=0.6,LYM=0.3,...) sets its blood mix
 
 Every source returns `Frame`s with RGB uint8 images. `read(timeout)` returns None on timeout;
 `is_streaming` turns False at the end of the stream. Live sources (cameras, RTSP) keep only the
@@ -531,8 +532,11 @@ def _synthetic_options(query: str) -> dict[str, Any]:
         if key == "lights":
             options["light_order"] = tuple(v for v in value.split(",") if v)
             continue
+        if key == "mix":  # a named blood mix or NEU=0.6,LYM=0.3,... (wbc_edge.synth.cells.resolve_mix)
+            options["class_mix"] = value
+            continue
         if key not in names:
-            raise SourceError(f"synthetic://?{query}: unknown option '{key}' (known: {', '.join(sorted(set(names) | {'loop', 'realtime', 'lights'}))})")
+            raise SourceError(f"synthetic://?{query}: unknown option '{key}' (known: {', '.join(sorted(set(names) | {'loop', 'realtime', 'lights', 'mix'}))})")
         try:
             options[names[key]] = float(value) if key == "fps" else int(value)
         except ValueError:

@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 
 # Paper's class frequencies (Yang et al., 14,912 cells).
 PAPER_MIX = {"neutrophil": 0.645, "lymphocyte": 0.298, "eosinophil": 0.045, "monocyte": 0.008, "basophil": 0.003}
+# Blood at a chosen mix, for validating the differential (wbc-synth --mix, benchmarks/count.py). Illustrative
+# shares inside (normal) or beyond (the named conditions) common adult reference ranges, not clinical values.
+BLOOD_MIXES = {
+    "normal": {"neutrophil": 0.60, "lymphocyte": 0.30, "eosinophil": 0.03, "monocyte": 0.06, "basophil": 0.01},
+    "eosinophilia": {"neutrophil": 0.52, "lymphocyte": 0.25, "eosinophil": 0.15, "monocyte": 0.06, "basophil": 0.02},
+    "neutrophilia": {"neutrophil": 0.85, "lymphocyte": 0.09, "eosinophil": 0.015, "monocyte": 0.04, "basophil": 0.005},
+    "lymphocytosis": {"neutrophil": 0.30, "lymphocyte": 0.60, "eosinophil": 0.03, "monocyte": 0.06, "basophil": 0.01},
+    "monocytosis": {"neutrophil": 0.55, "lymphocyte": 0.25, "eosinophil": 0.04, "monocyte": 0.15, "basophil": 0.01},
+}
 VIRTUAL_FIELD = (640, 480)  # crops sit somewhere in a field of this size (sets their illumination)
 
 
@@ -60,20 +69,7 @@ def render_cell(label: str, rng: np.random.Generator, size: int = CROP_PX, stain
 
 def class_counts(n: int, class_mix: str | Mapping[str, float] = "paper") -> dict[str, int]:
     """How many cells of each class for n cells; every class gets at least min(5, n // 5) when its share > 0."""
-    if isinstance(class_mix, str):
-        if class_mix == "paper":
-            mix = dict(PAPER_MIX)
-        elif class_mix == "balanced":
-            mix = {c: 1.0 for c in CLASSES}
-        else:
-            mix = parse_class_mix(class_mix)
-    else:
-        mix = dict(class_mix)
-    unknown = [c for c in mix if c not in CLASSES]
-    if unknown:
-        raise DataError(f"class mix: unknown class '{unknown[0]}'; expected one of {list(CLASSES)}")
-    if any(not np.isfinite(v) or v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
-        raise DataError(f"class mix: shares must be non-negative and sum to more than 0, got {mix}")
+    mix = resolve_mix(class_mix)
     if n < 0:
         raise DataError(f"cell count: must be >= 0, got {n}")
     total = sum(mix.values())
@@ -92,6 +88,27 @@ def class_counts(n: int, class_mix: str | Mapping[str, float] = "paper") -> dict
     return {c: counts.get(c, 0) for c in CLASSES}
 
 
+def resolve_mix(class_mix: str | Mapping[str, float]) -> dict[str, float]:
+    """Class shares from 'paper', 'balanced', a BLOOD_MIXES name, 'NEU=0.5,LYM=0.3,...' or a mapping (checked, not normalised)."""
+    if isinstance(class_mix, str):
+        if class_mix == "paper":
+            mix = dict(PAPER_MIX)
+        elif class_mix == "balanced":
+            mix = {c: 1.0 for c in CLASSES}
+        elif class_mix in BLOOD_MIXES:
+            mix = dict(BLOOD_MIXES[class_mix])
+        else:
+            mix = parse_class_mix(class_mix)
+    else:
+        mix = dict(class_mix)
+    unknown = [c for c in mix if c not in CLASSES]
+    if unknown:
+        raise DataError(f"class mix: unknown class '{unknown[0]}'; expected one of {list(CLASSES)}")
+    if any(not np.isfinite(v) or v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise DataError(f"class mix: shares must be non-negative and sum to more than 0, got {mix}")
+    return mix
+
+
 def parse_class_mix(text: str) -> dict[str, float]:
     """'NEU=0.5,LYM=0.3,...' or full class names; DataError naming the bad item."""
     by_abbrev = {v.lower(): k for k, v in CLASS_ABBREV.items()}
@@ -104,7 +121,8 @@ def parse_class_mix(text: str) -> dict[str, float]:
         key = name.strip().lower()
         cls = by_abbrev.get(key, key)
         if not sep or cls not in CLASSES:
-            raise DataError(f"class mix item '{item}': expected CLASS=SHARE with CLASS one of {list(CLASS_ABBREV.values())}")
+            raise DataError(f"class mix item '{item}': expected paper, balanced, one of {list(BLOOD_MIXES)} "
+                            f"or CLASS=SHARE with CLASS one of {list(CLASS_ABBREV.values())}")
         try:
             mix[cls] = float(value)
         except ValueError:

@@ -19,7 +19,7 @@ import numpy as np
 
 from wbc_edge.errors import DataError
 from wbc_edge.spec import CLASSES
-from wbc_edge.synth.cells import PAPER_MIX
+from wbc_edge.synth.cells import PAPER_MIX, resolve_mix
 from wbc_edge.synth.scene import (
     K_RBC,
     LIGHTS,
@@ -166,8 +166,10 @@ class SyntheticCamera:
 
     def __init__(self, seed: int = 0, light_order: Sequence[str] = LIGHTS, width: int = 640, height: int = 480,
                  fps: float = 30.0, n_sets: int | None = None, drop_every: int | None = None,
-                 duplicate_every: int | None = None, corrupt_every: int | None = None, n_wbc: tuple[int, int] = (3, 8)):
+                 duplicate_every: int | None = None, corrupt_every: int | None = None, n_wbc: tuple[int, int] = (3, 8),
+                 class_mix: str | Mapping[str, float] | None = None):
         self.light_order = _check_lights(light_order)
+        self.class_mix = resolve_mix(class_mix) if class_mix is not None else None  # None: the paper's mix
         for name, value in (("drop_every", drop_every), ("duplicate_every", duplicate_every), ("corrupt_every", corrupt_every)):
             if value is not None and value < 2:
                 raise DataError(f"synthetic camera {name}: must be >= 2 or None, got {value}")
@@ -187,7 +189,7 @@ class SyntheticCamera:
                 self._cache.pop(next(iter(self._cache)))
             rng = np.random.default_rng([self.seed, 3, set_index])
             self._cache[set_index] = render_field(rng, self.width, self.height, self.n_wbc, self.light_order,
-                                                  stain=self.stain, optics=self._optics)
+                                                  stain=self.stain, class_mix=self.class_mix, optics=self._optics)
         return self._cache[set_index]
 
     def truth(self, set_index: int) -> list[TruthCell]:
@@ -257,7 +259,8 @@ def _remove_stale_frames(folder: Path, n_frames: int) -> None:
 
 
 def write_frames(out: str | os.PathLike, sets: int, seed: int, light_order: Sequence[str] = LIGHTS, width: int = 640,
-                 height: int = 480, video: bool = True, fps: float = 30.0, progress: bool = False) -> Path:
+                 height: int = 480, video: bool = True, fps: float = 30.0, progress: bool = False,
+                 class_mix: str | Mapping[str, float] | None = None) -> Path:
     """Write `sets` four-light fields as single-light frames in capture order.
 
     Layout: `out/frames/000000.png ...`, `out/video.avi` (same frames, lossless where OpenCV can),
@@ -270,7 +273,7 @@ def write_frames(out: str | os.PathLike, sets: int, seed: int, light_order: Sequ
         raise DataError(f"sets: must be >= 1, got {sets}")
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
-    camera = SyntheticCamera(seed=seed, light_order=light_order, width=width, height=height, fps=fps, n_sets=sets)
+    camera = SyntheticCamera(seed=seed, light_order=light_order, width=width, height=height, fps=fps, n_sets=sets, class_mix=class_mix)
     writer = codec = None
     tmp_video = out / ".video.avi.tmp.avi"
     if video:
@@ -309,7 +312,8 @@ def write_frames(out: str | os.PathLike, sets: int, seed: int, light_order: Sequ
     atomic_write_text(out / "truth.jsonl", "\n".join(lines) + "\n")
     meta = {"seed": seed, "sets": sets, "n_frames": n_frames, "light_order": list(camera.light_order), "fps": fps,
             "width": width, "height": height, "video": "video.avi" if video else None, "video_codec": codec,
-            "frames": "frames/%06d.png", "truth_reference_light": "fluorescent", "generator": "wbc_edge.synth"}
+            "frames": "frames/%06d.png", "truth_reference_light": "fluorescent", "generator": "wbc_edge.synth",
+            "class_mix": camera.class_mix or dict(PAPER_MIX)}
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     log.info("wrote %d frames (%d sets) to %s", n_frames, sets, out)
     return out

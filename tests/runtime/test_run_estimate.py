@@ -1,0 +1,64 @@
+"""The differential estimate in a run: calibrated per-cell probabilities, the same estimate live and
+from `summarize`, and an older bundle without quantification.json still runs (argmax counts only)."""
+import json
+
+import numpy as np
+import pytest
+
+from wbc_edge.bundle import Bundle, rewrite_bundle
+from wbc_edge.errors import SpecError
+from wbc_edge.runtime import Analyzer
+from wbc_edge.runtime.quantify import QUANT_MEMBER, QUANT_SCHEMA, apply_temperature
+from wbc_edge.runtime.results import summarize
+
+T = 2.5
+HEAD_T = {"fluorescent": 0.5, "color1": 1.5, "color2": 2.0, "color3": 3.0}
+
+
+def with_quantification(path, spec):
+    k = spec.num_classes
+    member = {"schema": QUANT_SCHEMA, "classes": list(spec.classes), "heads": list(spec.heads), "train_prior": [0.2] * k,
+              "temperature": {"combined": T, "heads": HEAD_T, "class_bias": [0.0, 0.1, -0.2, 0.3, -0.4]},
+              "precisions": {"fp32": {"n_cells": 500, "confusion": (np.eye(k, dtype=int) * 80 + 5).tolist(),
+                                      "mean_posteriors": ((np.eye(k) * 0.6 + 0.08)).tolist()}}}
+    rewrite_bundle(Bundle.open(path), {QUANT_MEMBER: json.dumps(member).encode()})
+    return path
+
+
+@pytest.mark.parametrize("estimator", ["em", "acc"])
+def test_live_estimate_equals_summarize_and_probabilities_are_calibrated(tmp_path, rt_bundle, rt_spec, rt_fakes, rt_analyzer_kw,
+                                                                          estimator):
+    path = with_quantification(rt_bundle[0], rt_spec)
+    frames = rt_fakes.make_fields(6, rt_spec, cells_per_field=3)
+    with Analyzer(path, precision="fp32", batch_size=4, estimator=estimator, **rt_analyzer_kw) as an:
+        live = an.analyze(rt_fakes.Source(frames), sink=tmp_path / "r.jsonl")
+    lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert lines[0]["quantification"]["estimator"] == estimator and lines[0]["quantification"]["temperature"] == T
+    rebuilt = summarize(tmp_path / "r.jsonl")
+    assert live.estimate is not None and live.estimate == rebuilt.estimate
+    assert live.estimate["method"] == estimator and live.estimate["n_cells"] == live.total_cells == 18
+    assert sum(live.estimate["shares"].values()) == pytest.approx(1.0)
+    assert rebuilt.counts == live.counts  # the argmax counts stay beside the estimate
+    assert "estimate:" in live.format_table() and "argmax" in live.format_table()
+    # each line's probabilities are the model's softmax at temperature T: undo it and compare heads' mean
+    for c in (x for x in lines if x["record"] == "cell"):
+        p = np.array([c["probs"][k] for k in rt_spec.classes])
+        heads = {h: apply_temperature(np.array(v), 1 / HEAD_T[h]) for h, v in c["head_probs"].items()}
+        raw_combined = np.mean(list(heads.values()), axis=0)
+        np.testing.assert_allclose(p, apply_temperature(raw_combined, T), atol=1e-5)
+        assert c["class"] == rt_spec.classes[int(np.argmax(raw_combined))]  # calibration keeps the label
+
+
+def test_older_bundle_runs_with_argmax_counts_only_and_says_so(tmp_path, rt_bundle, rt_spec, rt_fakes, rt_analyzer_kw):
+    path = rt_bundle[0]
+    assert not Bundle.open(path).has(QUANT_MEMBER)
+    with Analyzer(path, precision="fp32", **rt_analyzer_kw) as an:
+        live = an.analyze(rt_fakes.Source(rt_fakes.make_fields(2, rt_spec)), sink=tmp_path / "r.jsonl")
+    assert live.estimate is None and "no quantification.json" in live.estimate_note
+    assert summarize(tmp_path / "r.jsonl").estimate is None
+    assert "argmax counts, not corrected" in live.format_table()
+
+
+def test_unknown_estimator_is_refused(rt_bundle, rt_analyzer_kw):
+    with pytest.raises(SpecError, match="estimator 'mode'"):
+        Analyzer(rt_bundle[0], estimator="mode", **rt_analyzer_kw)

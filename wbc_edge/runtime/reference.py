@@ -1,0 +1,72 @@
+"""Adult reference intervals for the differential, H/L flags and the sample's review flag.
+
+The default table is the adult differential (percent of white cells) as Dacie and Lewis, Practical
+Haematology (12th ed., Elsevier 2017), tabulates its adult reference ranges: neutrophils 40-80 %,
+lymphocytes 20-40 %, monocytes 2-10 %, eosinophils 1-6 %, basophils < 1-2 %. Reference intervals
+depend on the population and the method; a laboratory sets its own: `load_reference_intervals(path)` reads a JSON
+`{"source": "...", "intervals": {"neutrophil": [40, 80], ...}}` in percent.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from wbc_edge.errors import DataError
+
+DEFAULT_SOURCE = "Dacie and Lewis Practical Haematology, 12th ed. (2017), adult reference ranges"
+DEFAULT_INTERVALS = {"neutrophil": (40.0, 80.0), "lymphocyte": (20.0, 40.0), "eosinophil": (1.0, 6.0),
+                     "monocyte": (2.0, 10.0), "basophil": (0.0, 2.0)}
+LOW_CONFIDENCE = 0.6  # a cell whose top calibrated probability is below this is "low confidence"
+REVIEW_SHARE = 0.10  # review the sample when more than this share of cells is low confidence or heads disagree
+
+
+@dataclass
+class ReferenceIntervals:
+    intervals: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_INTERVALS))
+    source: str = DEFAULT_SOURCE
+
+
+def load_reference_intervals(path: str | os.PathLike) -> ReferenceIntervals:
+    try:
+        d = json.loads(open(path, encoding="utf-8").read())
+        intervals = {str(c): (float(v[0]), float(v[1])) for c, v in d["intervals"].items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise DataError(f"{path}: not a reference-interval table ({e}); expected "
+                        '{"source": ..., "intervals": {"neutrophil": [40, 80], ...}} in percent') from None
+    for c, (lo, hi) in intervals.items():
+        if not 0 <= lo <= hi <= 100:
+            raise DataError(f"{path}: interval for '{c}' is [{lo}, {hi}]; need 0 <= low <= high <= 100 (percent)")
+    return ReferenceIntervals(intervals, str(d.get("source", path)))
+
+
+def assess(estimate: Mapping[str, Any] | None, probs: Sequence[Mapping[str, float]], heads_disagree: int,
+           reference: ReferenceIntervals | None = None) -> dict[str, Any]:
+    """{"flags": {class: "H"|"L"|""}, "review": [reasons], "source": ...} for a run's estimate.
+
+    H/L: the estimated share above/below the reference interval. Review: an estimate's 95% interval
+    crosses a reference limit, or more than REVIEW_SHARE of the cells are low confidence or have
+    disagreeing heads (the estimate is then less sure than its interval says)."""
+    ref = reference or ReferenceIntervals()
+    flags: dict[str, str] = {}
+    review: list[str] = []
+    if estimate:
+        for c, share in estimate["shares"].items():
+            if c not in ref.intervals:
+                continue
+            lo, hi = ref.intervals[c]
+            pct, p_lo, p_hi = 100 * share, 100 * estimate["low"][c], 100 * estimate["high"][c]
+            flags[c] = "H" if pct > hi else "L" if pct < lo else ""
+            crosses = (p_lo < lo < p_hi and lo > 0) or (p_lo < hi < p_hi)
+            if crosses:
+                review.append(f"{c} interval {p_lo:.1f}-{p_hi:.1f}% crosses a reference limit ({lo:g}-{hi:g}%)")
+    n = len(probs)
+    if n:
+        low_conf = sum(1 for p in probs if max(p.values(), default=0.0) < LOW_CONFIDENCE)
+        if low_conf > REVIEW_SHARE * n:
+            review.append(f"{low_conf} of {n} cells low confidence (top probability < {LOW_CONFIDENCE:g})")
+        if heads_disagree > REVIEW_SHARE * n:
+            review.append(f"{heads_disagree} of {n} cells with disagreeing heads")
+    return {"flags": flags, "review": review, "source": ref.source,
+            "intervals": {c: list(v) for c, v in ref.intervals.items()}}
