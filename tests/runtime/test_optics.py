@@ -1,0 +1,127 @@
+"""Physical scale: spec fields, device profiles, the locator in micrometres, scale from red cells."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from wbc_edge.runtime.locator import GEOMETRY, detection_scores, locate_cells
+from wbc_edge.runtime.optics import (DeviceProfile, ScaleError, crop_px_for, estimate_scale, profile_warnings,
+                                     red_cell_diameters)
+from wbc_edge.spec import SIM_CROP_UM, SIM_UM_PER_PX, ModelSpec, SpecError, spec_for
+from wbc_edge.synth.frames import SyntheticCamera
+from wbc_edge.synth.scene import CROP_PX, PX_PER_UM
+
+BRIGHT = ("color1", "color2", "color3")
+
+
+def test_spec_defaults_are_the_simulators_scale_and_old_specs_load():
+    assert SIM_UM_PER_PX == pytest.approx(1 / PX_PER_UM) and SIM_CROP_UM == pytest.approx(CROP_PX / PX_PER_UM)
+    old = spec_for("mimo", input_size=64).to_dict()
+    del old["crop_um"], old["train_um_per_px"]  # a spec written before the fields existed
+    spec = ModelSpec.from_dict(old)
+    assert spec.crop_um == SIM_CROP_UM and spec.train_um_per_px == SIM_UM_PER_PX
+    assert crop_px_for(spec, SIM_UM_PER_PX) == CROP_PX  # today's 64 px window at the simulator's scale
+    assert crop_px_for(spec, SIM_UM_PER_PX / 2) == 2 * CROP_PX
+    new = spec.replace(crop_um=40.0, train_um_per_px=None)
+    assert ModelSpec.from_json(new.to_json()) == new
+    with pytest.raises(SpecError, match="crop_um"):
+        spec.replace(crop_um=0.0)
+
+
+def test_locator_geometry_in_pixels_is_the_old_constants_at_the_simulators_scale_and_scales():
+    px = GEOMETRY.in_pixels(SIM_UM_PER_PX)
+    assert px == {"min_area": 90, "max_area": 3000, "min_body_area": 270, "merge_distance": 9.0, "border_margin": 2,
+                  "cell_margin": 6, "max_cell_margin": 16, "background_px": 61, "blur_sigma": 1.0}
+    px2 = GEOMETRY.in_pixels(SIM_UM_PER_PX / 2)  # twice the magnification: lengths x2, areas x4
+    assert px2["min_area"] == 360 and px2["merge_distance"] == 18.0 and px2["max_cell_margin"] == 32
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
+def test_locator_finds_cells_at_other_magnifications(scale):
+    camera = SyntheticCamera(seed=21, scale=scale)
+    tp = fp = fn = 0
+    for set_index in range(8):
+        images, truth = camera.render_set(set_index)
+        boxes = locate_cells(images["fluorescent"], um_per_px=camera.um_per_px)
+        s = detection_scores(boxes, [c.box for c in truth if not c.cut_by_border])
+        tp, fp, fn = tp + s["tp"], fp + s["fp"], fn + s["fn"]
+    assert tp >= 25
+    assert tp / (tp + fn) >= 0.9 and tp / (tp + fp) >= 0.9
+
+
+def test_locator_at_the_wrong_scale_fails_so_the_scale_matters():
+    camera = SyntheticCamera(seed=21, scale=2.0)
+    tp = n = 0
+    for set_index in range(4):
+        images, truth = camera.render_set(set_index)
+        cells = [c.box for c in truth if not c.cut_by_border]
+        tp += detection_scores(locate_cells(images["fluorescent"], um_per_px=SIM_UM_PER_PX * 2), cells)["tp"]
+        n += len(cells)
+    assert tp < 0.5 * n  # told the cells are 4x smaller than they are, it takes them for clumps
+
+
+def test_synthetic_camera_scale_magnifies_cells_and_truth():
+    one, two = SyntheticCamera(seed=3), SyntheticCamera(seed=3, scale=2.0)
+    assert two.um_per_px == pytest.approx(SIM_UM_PER_PX / 2)
+    images, truth = two.render_set(0)
+    assert images["color1"].shape == (480, 640, 3)
+    widths = [c.box[2] - c.box[0] for c in truth if not c.cut_by_border]
+    widths1 = [c.box[2] - c.box[0] for i in range(3) for c in one.render_set(i)[1] if not c.cut_by_border]
+    assert np.median(widths) == pytest.approx(2 * np.median(widths1), rel=0.25)
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_scale_estimated_from_red_cells_within_ten_percent(scale):
+    camera = SyntheticCamera(seed=5, scale=scale)
+    frames = [camera.render_set(i)[0][light] for i in range(3) for light in BRIGHT]
+    est = estimate_scale(frames)
+    assert est.um_per_px == pytest.approx(camera.um_per_px, rel=0.1)
+    assert est.n_cells >= 30 and 0 < est.spread <= 0.3
+    profile = est.profile(640, 480, origin="test")
+    assert profile.um_per_px == pytest.approx(est.um_per_px, rel=1e-5) and profile.n_cells == est.n_cells
+
+
+def test_scale_estimate_refuses_frames_without_a_ruler():
+    camera = SyntheticCamera(seed=5)
+    images, _ = camera.render_set(0)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ScaleError, match="no clear red cells"):
+        estimate_scale([np.full((480, 640, 3), 200, np.uint8)] * 3)  # blank
+    with pytest.raises(ScaleError, match="cannot estimate"):
+        estimate_scale([images["fluorescent"]])  # a dark field has no dark red cells on a bright background
+    with pytest.raises(ScaleError, match="cannot estimate"):
+        estimate_scale([rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)])  # noise
+    blurred = [cv2.GaussianBlur(images[light], (0, 0), 12) for light in BRIGHT]
+    with pytest.raises(ScaleError, match="cannot estimate"):
+        estimate_scale(blurred)  # far out of focus
+    with pytest.raises(ScaleError, match="no frames"):
+        estimate_scale([])
+    assert red_cell_diameters(np.zeros((8, 8, 3), np.uint8))[0].size == 0
+
+
+def test_device_profile_round_trip_and_one_line_errors(tmp_path):
+    p = DeviceProfile(0.25, 1440, 900, serial="CAM-7", origin="given").save(tmp_path / "p.json")
+    assert DeviceProfile.load(p) == DeviceProfile(0.25, 1440, 900, serial="CAM-7", origin="given")
+    (tmp_path / "bad.json").write_text(json.dumps({"um_per_px": -1}))
+    with pytest.raises(ScaleError, match=r"bad.json.*um_per_px"):
+        DeviceProfile.load(tmp_path / "bad.json")
+    (tmp_path / "typo.json").write_text(json.dumps({"um_per_pix": 0.2}))
+    with pytest.raises(ScaleError, match="typo.json field 'um_per_pix': unknown"):
+        DeviceProfile.load(tmp_path / "typo.json")
+    with pytest.raises(ScaleError, match="not valid JSON"):
+        (tmp_path / "t.json").write_text("{")
+        DeviceProfile.load(tmp_path / "t.json")
+    with pytest.raises(ScaleError, match="cannot read"):
+        DeviceProfile.load(tmp_path / "missing.json")
+
+
+def test_profile_warnings_for_another_camera_and_a_scale_against_the_evidence():
+    camera = SyntheticCamera(seed=5)
+    est = estimate_scale([camera.render_set(0)[0][light] for light in BRIGHT])
+    good = DeviceProfile(camera.um_per_px, 640, 480)
+    assert profile_warnings(good, 640, 480, est) == []
+    lines = profile_warnings(DeviceProfile(camera.um_per_px * 2, 1920, 1080), 640, 480, est)
+    assert len(lines) == 2 and "1920x1080" in lines[0] and "red cells say" in lines[1]
