@@ -44,6 +44,7 @@ class LocatorGeometry:
     max_cell_margin_um: float = 16 * _U
     background_um: float = 61 * _U  # 26.5 um: larger than any nucleus
     blur_um: float = 1.0 * _U
+    min_lobe_um: float = 2.5  # thinner bright structures (red-cell rims, fibres) are not nuclei (0: no opening)
     work_um_per_px: float = _U  # frames finer than this are located at this resolution (the sizes above fit it)
 
     def in_pixels(self, um_per_px: float) -> dict[str, Any]:
@@ -55,7 +56,8 @@ class LocatorGeometry:
                 "min_body_area": int(round(self.min_body_um2 * a)), "merge_distance": round(self.merge_um * l, 6),
                 "border_margin": max(1, int(round(self.border_um * l))), "cell_margin": max(1, int(round(self.cell_margin_um * l))),
                 "max_cell_margin": max(1, int(round(self.max_cell_margin_um * l))),
-                "background_px": max(3, int(round(self.background_um * l))), "blur_sigma": round(self.blur_um * l, 6)}
+                "background_px": max(3, int(round(self.background_um * l))), "blur_sigma": round(self.blur_um * l, 6),
+                "open_px": int(round(self.min_lobe_um * l))}
 
 
 GEOMETRY = LocatorGeometry()
@@ -131,6 +133,8 @@ def locate_cells(
     channel: str = "green",
     background_px: int | None = None,
     blur_sigma: float | None = None,
+    open_px: int | None = None,
+    peak_fraction: float = 0.4,
 ) -> list[CellBox]:
     """White cells in a fluorescence frame (RGB uint8 HxWx3, or a single-channel image).
 
@@ -165,10 +169,10 @@ def locate_cells(
     px = geometry.in_pixels(scale)
     given = {"min_area": min_area, "max_area": max_area, "min_body_area": min_body_area, "merge_distance": merge_distance,
              "border_margin": border_margin, "cell_margin": cell_margin, "max_cell_margin": max_cell_margin,
-             "background_px": background_px, "blur_sigma": blur_sigma}
+             "background_px": background_px, "blur_sigma": blur_sigma, "open_px": open_px}
     px.update({k: v for k, v in given.items() if v is not None})
     boxes = _locate(fluorescent, body_contrast=body_contrast, min_contrast=min_contrast, min_intensity=min_intensity,
-                    channel=channel, **px)
+                    channel=channel, peak_fraction=peak_fraction, **px)
     if factor != 1.0:
         boxes = [_scaled_box(b, factor, w0, h0) for b in boxes]
     return boxes
@@ -183,11 +187,14 @@ def _scaled_box(b: CellBox, f: float, w: int, h: int) -> CellBox:
 
 def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_area: int, merge_distance: float,
             border_margin: int, cell_margin: int, max_cell_margin: int, body_contrast: float, min_contrast: float,
-            min_intensity: float, channel: str, background_px: int, blur_sigma: float) -> list[CellBox]:
+            min_intensity: float, channel: str, background_px: int, blur_sigma: float, open_px: int = 0,
+            peak_fraction: float = 0.0) -> list[CellBox]:
     h, w = fluorescent.shape[:2]
     if h < 3 or w < 3:
         return []
     signal = nuclear_signal(fluorescent, channel=channel, background_px=background_px, blur_sigma=blur_sigma)
+    if open_px >= 2:  # grey opening: bright structures thinner than a nuclear lobe (red-cell rims) sink to their surroundings
+        signal = cv2.morphologyEx(signal, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px)))
     signal8 = np.clip(signal, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(signal8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     threshold = max(float(otsu), float(min_contrast))
@@ -214,6 +221,8 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
     boxes: list[CellBox] = []
     for cell in range(1, n_cells):
         sel = order[bounds[cell - 1] : bounds[cell]]
+        if peak_fraction > 0 and sel.size:  # the nucleus is what glows near its own peak; dimmer neighbours are not it
+            sel = sel[values[sel] >= peak_fraction * float(values[sel].max())]
         area = int(sel.size)
         if area < min_area / 3 or area > max_area:
             continue

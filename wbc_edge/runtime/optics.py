@@ -260,3 +260,29 @@ def estimate_scale(frames: Iterable[np.ndarray], rbc_diameter_um: float = RBC_DI
         raise ScaleError(f"{where}: the frames agree on no red-cell size (the commonest holds {100 * share:.0f} % of the "
                          "blobs; frames of different cameras or magnifications?)")
     return ScaleEstimate(rbc_diameter_um / float(med), float(med), float(spread), int(d.size), n_frames, per_frame)
+
+
+def read_frames(uri: str, n: int) -> list[np.ndarray]:
+    """Up to n frames (RGB uint8) from a source URI, for a scale estimate; fluorescence frames are
+    left in (the estimator skips dark fields itself)."""
+    from wbc_edge.runtime.sources import open_source
+
+    if n < 1:
+        raise ScaleError(f"{uri}: frames must be >= 1, got {n}")
+    images: list[np.ndarray] = []
+    source = open_source(uri)
+    try:
+        misses = 0
+        while len(images) < n and misses < 50:
+            frame = source.read(0.2)
+            if frame is None:
+                if not source.is_streaming:
+                    break
+                misses += 1
+                continue
+            images.append(frame.image)
+    finally:
+        source.close()
+    if not images:
+        raise ScaleError(f"{uri}: no frames to estimate the scale from")
+    return images

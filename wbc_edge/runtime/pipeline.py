@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import queue
 import threading
@@ -36,6 +37,7 @@ LOCATOR_LIGHT = "fluorescent"  # stained nuclei are found in the dark-field fluo
 MISSING_LIGHT_POLICIES = ("skip", "heads")
 _END = object()  # end-of-stream marker passed down the queues
 _POLL_S = 0.05
+SCALE_TOLERANCE = 0.06  # an estimate this close to the training scale keeps it (the estimator's accuracy, measured)
 
 
 @dataclass
@@ -216,14 +218,19 @@ class Analyzer:
         self.crop_px = self._fixed_crop_px or _default_crop_px(self.bundle, self.um_per_px if profile is not None else None)
 
     def _settle_scale(self, source: Any) -> Any:
-        """With profile "auto": the source's own scale, else one measured from its first frames (which
-        are then replayed, none lost). Returns the source to read from."""
-        if not self._auto_scale:
-            return source
-        from wbc_edge.runtime.optics import DeviceProfile, ScaleError, estimate_scale
+        """With profile "auto": the source's own scale, else one measured from its first frames. With a
+        given profile: warn when the frames contradict it (another frame size, red cells of another
+        size). The frames read ahead are replayed, none lost. Returns the source to read from."""
+        from wbc_edge.runtime.optics import ScaleError, estimate_scale, profile_warnings
 
+        if not self._auto_scale and self.profile is None:
+            return source
+        if self._locate is not None and self._crop is not None:
+            return source  # custom locator and cropper (tests, custom hardware) take no scale
         own = getattr(source, "um_per_px", None)
-        if isinstance(own, (int, float)) and own > 0:
+        if self._auto_scale and isinstance(own, (int, float)) and own > 0:
+            from wbc_edge.runtime.optics import DeviceProfile
+
             self.set_profile(DeviceProfile(float(own), origin="the source's own scale"))
             log.info("scale: %.4f um/px (%s)", self.um_per_px, self.scale_origin)
             return source
@@ -239,16 +246,30 @@ class Analyzer:
                     break
                 continue
             frames.append(frame)
-        bright = [f.image for f in frames if isinstance(getattr(f, "image", None), np.ndarray) and f.image.ndim == 3
-                  and float(np.median(f.image[::4, ::4])) > 70]  # the fluorescence frames are dark
+        images = [f.image for f in frames if isinstance(getattr(f, "image", None), np.ndarray) and f.image.ndim == 3]
+        bright = [im for im in images if float(np.median(im[::4, ::4])) > 70]  # the fluorescence frames are dark
+        est = None
         try:
-            est = estimate_scale(bright, where=f"first {len(frames)} frames")
-            h, w = bright[0].shape[:2]
-            self.set_profile(est.profile(w, h, origin=f"estimated from the first {len(bright)} bright-field frames"))
-            log.warning("scale: %s", est.describe())
+            est = estimate_scale(bright, where=f"the first {len(frames)} frames")
         except ScaleError as e:
-            log.warning("scale: %s; using the model's training scale %.4f um/px", e, self.um_per_px)
-            self.scale_origin = "the model's training scale (estimate refused)"
+            refusal = str(e)
+        if self._auto_scale:
+            if est is not None and abs(math.log(est.um_per_px / self.um_per_px)) < math.log(1 + SCALE_TOLERANCE):
+                # within the estimator's own accuracy of the training scale: no evidence of other optics
+                self.scale_origin = (f"the model's training scale (estimated {est.um_per_px:.4f} um/px from the first "
+                                     f"{len(bright)} bright-field frames, within {100 * SCALE_TOLERANCE:.0f} %)")
+                log.info("scale: %s", self.scale_origin)
+            elif est is not None:
+                h, w = bright[0].shape[:2]
+                self.set_profile(est.profile(w, h, origin=f"estimated from the first {len(bright)} bright-field frames"))
+                log.warning("scale: %s", est.describe())
+            else:
+                log.warning("scale: %s; using the model's training scale %.4f um/px", refusal, self.um_per_px)
+                self.scale_origin = "the model's training scale (estimate refused)"
+        elif images:
+            h, w = images[0].shape[:2]
+            for line in profile_warnings(self.profile, w, h, est):
+                log.warning("%s", line)
         return _Prefetched(source, frames)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -374,7 +395,8 @@ class Analyzer:
                 set_index=work.index, cell_index=i, time=work.time, box=box, label=spec.classes[k],
                 probability=float(p[k]), probs={c: float(v) for c, v in zip(spec.classes, p)},
                 head_probs={name: [float(v) for v in hp[h]] for name, h in zip(head_names, present)},
-                flags=flags, frame_indices=frame_indices))
+                flags=flags, frame_indices=frame_indices,
+                size_um=((box[2] - box[0]) * self.um_per_px, (box[3] - box[1]) * self.um_per_px)))
         return out
 
     def classify_set(self, light_set: Any) -> list[CellResult]:
@@ -655,4 +677,5 @@ class Analyzer:
             cells_discarded=state.cells_discarded, duration_s=snap["elapsed_s"],
             stop_reason=getattr(self, "_stop_reason", "") or "end of source", source=source_name,
             model=str(self.bundle.path), backend=self.runner.backend, precision=self.runner.precision,
-            results_path=str(getattr(writer, "path", "")) or None, stats=snap)
+            results_path=str(getattr(writer, "path", "")) or None, stats=snap,
+            scale=f"{self.um_per_px:.4f} um/px ({self.scale_origin})")
