@@ -127,3 +127,50 @@ def test_profile_warnings_for_another_camera_and_a_scale_against_the_evidence():
     assert profile_warnings(good, 640, 480, est) == []
     lines = profile_warnings(DeviceProfile(camera.um_per_px * 2, 1920, 1080), 640, 480, est)
     assert len(lines) == 2 and "1920x1080" in lines[0] and "red cells say" in lines[1]
+
+
+class _ScaleHidden:
+    """A source that does not know its scale (as a real camera does not)."""
+
+    def __init__(self, source):
+        self._source, self.uri = source, "hidden"
+
+    def read(self, timeout=1.0):
+        return self._source.read(timeout)
+
+    @property
+    def is_streaming(self):
+        return self._source.is_streaming
+
+    def close(self):
+        self._source.close()
+
+
+def test_analyzer_scale_from_the_source_from_the_frames_or_a_profile(tmp_path, rt_bundle, caplog):
+    from wbc_edge.runtime.pipeline import Analyzer
+    from wbc_edge.runtime.results import read_results
+    from wbc_edge.runtime.sources import open_source
+
+    path, _ = rt_bundle
+    uri = "synthetic://?scale=2&sets=2&seed=3"
+    with Analyzer(path, backend="onnxruntime", intra_op_threads=1, profile="auto") as an:
+        summary = an.analyze(uri, sink=tmp_path / "r.jsonl")
+    assert an.um_per_px == pytest.approx(SIM_UM_PER_PX / 2) and an.crop_px == 2 * CROP_PX
+    assert "own scale" in summary.scale
+    header, cells, _ = read_results(tmp_path / "r.jsonl")
+    assert header["um_per_px"] == pytest.approx(SIM_UM_PER_PX / 2, rel=1e-5) and cells
+    for c in cells:
+        assert c.size_um == pytest.approx(((c.box[2] - c.box[0]) * an.um_per_px, (c.box[3] - c.box[1]) * an.um_per_px), abs=0.01)
+        assert 6 < c.size_um[0] < 25  # white cells are 7-20 um across
+
+    with Analyzer(path, backend="onnxruntime", intra_op_threads=1, profile="auto") as an:
+        summary = an.analyze(_ScaleHidden(open_source(uri)))
+    assert an.um_per_px == pytest.approx(SIM_UM_PER_PX / 2, rel=0.1) and "estimated" in an.scale_origin
+    assert summary.frames == 8  # the frames read to measure the scale were replayed, none lost
+
+    caplog.set_level("WARNING")
+    with Analyzer(path, backend="onnxruntime", intra_op_threads=1, profile=DeviceProfile(SIM_UM_PER_PX, 1920, 1080)) as an:
+        an.analyze(uri)
+    assert an.um_per_px == SIM_UM_PER_PX  # a given profile is used as given, but doubted aloud
+    text = caplog.text
+    assert "1920x1080 frames used on 640x480" in text and "red cells say" in text
