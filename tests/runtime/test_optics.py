@@ -35,7 +35,7 @@ def test_locator_geometry_in_pixels_is_the_old_constants_at_the_simulators_scale
     px = GEOMETRY.in_pixels(SIM_UM_PER_PX)
     assert px == {"min_area": 90, "max_area": 3000, "min_body_area": 270, "merge_distance": 9.0, "border_margin": 2,
                   "cell_margin": 6, "max_cell_margin": 16, "background_px": 61, "blur_sigma": 1.0,
-                  "open_px": 6}  # the one new step: a 2.5 um grey opening (thinner than a nuclear lobe)
+                  "open_px": 6, "nucleus_px": 159}  # new: a 2.5 um grey opening; 30 um2 whole-nucleus flag
     px2 = GEOMETRY.in_pixels(SIM_UM_PER_PX / 2)  # twice the magnification: lengths x2, areas x4
     assert px2["min_area"] == 360 and px2["merge_distance"] == 18.0 and px2["max_cell_margin"] == 32
 
@@ -174,3 +174,39 @@ def test_analyzer_scale_from_the_source_from_the_frames_or_a_profile(tmp_path, r
     assert an.um_per_px == SIM_UM_PER_PX  # a given profile is used as given, but doubted aloud
     text = caplog.text
     assert "1920x1080 frames used on 640x480" in text and "red cells say" in text
+
+
+def _pair_and_neutrophil() -> np.ndarray:
+    img = np.full((200, 300, 3), 8, np.uint8)
+    yy, xx = np.mgrid[:200, :300]
+    # two lymphocytes side by side: round nuclei 7.4 um across (38 um2 each), 1.3 um apart, one glow
+    img[((xx - 80) ** 2 + (yy - 100) ** 2 < 14**2) | ((xx - 104) ** 2 + (yy - 100) ** 2 < 14**2), 0] = 40
+    for cx in (80, 103):
+        img[(xx - cx) ** 2 + (yy - 100) ** 2 < 8**2] = (60, 200, 60)
+    # a neutrophil: four lobes of 9 um2 each
+    img[(xx - 220) ** 2 + (yy - 100) ** 2 < 16**2, 0] = 40
+    for dx, dy in ((-9, 0), (-3, 7), (4, 7), (10, 0)):
+        img[(xx - 220 - dx) ** 2 + (yy - 100 - dy) ** 2 < 3.5**2] = (60, 200, 60)
+    return img
+
+
+def test_two_whole_nuclei_in_one_box_are_flagged_touching_a_lobed_nucleus_is_not():
+    boxes = sorted(locate_cells(_pair_and_neutrophil()), key=lambda b: b.x0)
+    assert len(boxes) == 2
+    pair, neutrophil = boxes
+    assert pair.n_lobes == 2 and pair.whole_nuclei == 2
+    assert neutrophil.n_lobes >= 3 and neutrophil.whole_nuclei == 0
+
+
+def test_results_flag_touching_cells(rt_bundle):
+    from wbc_edge.runtime.assembler import LightSet
+    from wbc_edge.runtime.pipeline import Analyzer
+    from wbc_edge.runtime.results import FLAG_TOUCHING
+
+    fluo = _pair_and_neutrophil()
+    bright = np.full(fluo.shape, 200, np.uint8)
+    light_set = LightSet(0, {"fluorescent": fluo, "color1": bright, "color2": bright, "color3": bright}, {})
+    with Analyzer(rt_bundle[0], backend="onnxruntime", intra_op_threads=1) as an:
+        results = sorted(an.classify_set(light_set), key=lambda r: r.box[0])
+    assert [FLAG_TOUCHING in r.flags for r in results] == [True, False]
+    assert results[0].size_um[0] == pytest.approx((results[0].box[2] - results[0].box[0]) * SIM_UM_PER_PX)

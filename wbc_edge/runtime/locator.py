@@ -44,6 +44,7 @@ class LocatorGeometry:
     max_cell_margin_um: float = 16 * _U
     background_um: float = 61 * _U  # 26.5 um: larger than any nucleus
     blur_um: float = 1.0 * _U
+    whole_nucleus_um2: float = 30.0  # a lobe this large is a whole nucleus (a lymphocyte's is ~40; a neutrophil lobe ~5-20)
     min_lobe_um: float = 2.5  # thinner bright structures (red-cell rims, fibres) are not nuclei (0: no opening)
     work_um_per_px: float = _U  # frames finer than this are located at this resolution (the sizes above fit it)
 
@@ -57,7 +58,7 @@ class LocatorGeometry:
                 "border_margin": max(1, int(round(self.border_um * l))), "cell_margin": max(1, int(round(self.cell_margin_um * l))),
                 "max_cell_margin": max(1, int(round(self.max_cell_margin_um * l))),
                 "background_px": max(3, int(round(self.background_um * l))), "blur_sigma": round(self.blur_um * l, 6),
-                "open_px": int(round(self.min_lobe_um * l))}
+                "open_px": int(round(self.min_lobe_um * l)), "nucleus_px": int(round(self.whole_nucleus_um2 * a))}
 
 
 GEOMETRY = LocatorGeometry()
@@ -78,6 +79,7 @@ class CellBox:
     n_lobes: int
     intensity: float = 0.0
     body_area: int = 0  # px of the cell's cytoplasm glow (0 when not measured)
+    whole_nuclei: int = 0  # lobes each as large as a whole round nucleus: 2 or more, likely touching cells
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -134,6 +136,7 @@ def locate_cells(
     background_px: int | None = None,
     blur_sigma: float | None = None,
     open_px: int | None = None,
+    nucleus_px: int | None = None,
     peak_fraction: float = 0.4,
 ) -> list[CellBox]:
     """White cells in a fluorescence frame (RGB uint8 HxWx3, or a single-channel image).
@@ -169,7 +172,8 @@ def locate_cells(
     px = geometry.in_pixels(scale)
     given = {"min_area": min_area, "max_area": max_area, "min_body_area": min_body_area, "merge_distance": merge_distance,
              "border_margin": border_margin, "cell_margin": cell_margin, "max_cell_margin": max_cell_margin,
-             "background_px": background_px, "blur_sigma": blur_sigma, "open_px": open_px}
+             "background_px": background_px, "blur_sigma": blur_sigma, "open_px": open_px,
+             "nucleus_px": nucleus_px}
     px.update({k: v for k, v in given.items() if v is not None})
     boxes = _locate(fluorescent, body_contrast=body_contrast, min_contrast=min_contrast, min_intensity=min_intensity,
                     channel=channel, peak_fraction=peak_fraction, **px)
@@ -182,13 +186,13 @@ def _scaled_box(b: CellBox, f: float, w: int, h: int) -> CellBox:
     """A box found on a frame resampled by 1/f, in the original frame's pixels."""
     return CellBox(max(0, int(math.floor(b.x0 * f))), max(0, int(math.floor(b.y0 * f))), min(w, int(math.ceil(b.x1 * f))),
                    min(h, int(math.ceil(b.y1 * f))), (b.cx + 0.5) * f - 0.5, (b.cy + 0.5) * f - 0.5,
-                   int(round(b.area * f * f)), b.n_lobes, b.intensity, int(round(b.body_area * f * f)))
+                   int(round(b.area * f * f)), b.n_lobes, b.intensity, int(round(b.body_area * f * f)), b.whole_nuclei)
 
 
 def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_area: int, merge_distance: float,
             border_margin: int, cell_margin: int, max_cell_margin: int, body_contrast: float, min_contrast: float,
             min_intensity: float, channel: str, background_px: int, blur_sigma: float, open_px: int = 0,
-            peak_fraction: float = 0.0) -> list[CellBox]:
+            peak_fraction: float = 0.0, nucleus_px: int = 0) -> list[CellBox]:
     h, w = fluorescent.shape[:2]
     if h < 3 or w < 3:
         return []
@@ -254,8 +258,9 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
             continue  # small and without cytoplasm: debris
         if x0 < border_margin or y0 < border_margin or x1 > w - border_margin or y1 > h - border_margin:
             continue  # cut by the frame border: its crop would be incomplete
-        lobes = len(np.unique(lobe_labels[py, px]))
-        boxes.append(CellBox(x0, y0, x1, y1, cx, cy, area, lobes, intensity, body_area))
+        lobe_ids, lobe_px = np.unique(lobe_labels[py, px], return_counts=True)
+        boxes.append(CellBox(x0, y0, x1, y1, cx, cy, area, len(lobe_ids), intensity, body_area,
+                             int((lobe_px >= nucleus_px).sum()) if nucleus_px else 0))
     # a small fragment centred inside a bigger cell's box is a lobe that strayed past merge_distance
     boxes = [b for b in boxes if b.area >= min_area or not any(
         o is not b and o.area > b.area and o.x0 <= b.cx < o.x1 and o.y0 <= b.cy < o.y1 for o in boxes)]

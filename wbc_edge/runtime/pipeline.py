@@ -26,8 +26,8 @@ import numpy as np
 
 from wbc_edge.bundle import Bundle
 from wbc_edge.errors import DataError, SpecError, WbcError
-from wbc_edge.runtime.results import (FLAG_BEYOND_LIMIT, FLAG_HEADS_DISAGREE, FLAG_MISSING_PREFIX, CellResult, Differential,
-                                      ResultWriter, RunSummary)
+from wbc_edge.runtime.results import (FLAG_BEYOND_LIMIT, FLAG_HEADS_DISAGREE, FLAG_MISSING_PREFIX, FLAG_TOUCHING, CellResult,
+                                      Differential, ResultWriter, RunSummary)
 from wbc_edge.runtime.stats import RunStats
 from wbc_edge.spec import MODALITIES
 
@@ -56,6 +56,7 @@ class _SetWork:
     probs: np.ndarray | None = None
     head_probs: np.ndarray | None = None
     done_rows: int = 0
+    cell_flags: list[list[str]] = field(default_factory=list)  # per box, from the locator
 
     @property
     def n(self) -> int:
@@ -359,6 +360,7 @@ class Analyzer:
                 batch, boxes = self._crop_fn()(light_set, boxes, self.crop_px, spec)
             work.inputs = np.ascontiguousarray(batch, dtype=np.uint8)
             work.boxes = [_box_tuple(b) for b in boxes]
+            work.cell_flags = [[FLAG_TOUCHING] if getattr(b, "whole_nuclei", 0) >= 2 else [] for b in boxes]
             if len(work.boxes) != len(work.inputs):
                 raise DataError(f"set {work.index}: cropper returned {len(work.inputs)} crops for {len(work.boxes)} boxes")
         n = len(work.boxes)
@@ -388,7 +390,7 @@ class Analyzer:
             # recombine from the present heads (head_combine "mean").
             p = hp[present].mean(axis=0) if work.missing else work.probs[i]
             k = int(np.argmax(p))
-            flags = list(work.flags)
+            flags = list(work.flags) + (work.cell_flags[i] if i < len(work.cell_flags) else [])
             if len(present) > 1 and len({int(np.argmax(hp[h])) for h in present}) > 1:
                 flags.append(FLAG_HEADS_DISAGREE)
             out.append(CellResult(

@@ -23,6 +23,7 @@ Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 # Flags a cell can carry (also set-level flags from the assembler are copied through).
 FLAG_HEADS_DISAGREE = "heads_disagree"
 FLAG_MISSING_PREFIX = "missing:"  # e.g. "missing:color2": classified with the heads of the present lights
+FLAG_TOUCHING = "touching_cells"  # two or more whole nuclei in one box: likely touching white cells, counted once
 FLAG_BEYOND_LIMIT = "beyond_max_cells"  # classified in flight after the max-cells differential was full: kept, not counted
 
 
