@@ -9,7 +9,7 @@ import pytest
 
 from wbc_edge.runtime.locator import GEOMETRY, detection_scores, locate_cells
 from wbc_edge.runtime.optics import (DeviceProfile, ScaleError, crop_px_for, estimate_scale, profile_warnings,
-                                     red_cell_diameters)
+                                     red_cell_diameters, white_cell_check)
 from wbc_edge.spec import SIM_CROP_UM, SIM_UM_PER_PX, ModelSpec, SpecError, spec_for
 from wbc_edge.synth.frames import SyntheticCamera
 from wbc_edge.synth.scene import CROP_PX, PX_PER_UM
@@ -210,3 +210,12 @@ def test_results_flag_touching_cells(rt_bundle):
         results = sorted(an.classify_set(light_set), key=lambda r: r.box[0])
     assert [FLAG_TOUCHING in r.flags for r in results] == [True, False]
     assert results[0].size_um[0] == pytest.approx((results[0].box[2] - results[0].box[0]) * SIM_UM_PER_PX)
+
+
+def test_white_cells_as_a_second_ruler_check_the_scale():
+    camera = SyntheticCamera(seed=5, scale=2.0)
+    fluo = [camera.render_set(i)[0]["fluorescent"] for i in range(3)]
+    assert white_cell_check(fluo, camera.um_per_px) is None  # right scale: cells 10-20 um
+    line = white_cell_check(fluo, camera.um_per_px * 2)  # a profile for half the magnification: cells too large
+    assert line is not None and "check the scale" in line  # (a coarse ruler: 1.6x off still passes)
+    assert white_cell_check([], camera.um_per_px) is None  # too few cells: no verdict

@@ -102,6 +102,24 @@ class DeviceProfile:
 SIMULATOR_PROFILE = DeviceProfile(SIM_UM_PER_PX, origin="simulator (the spec's default scale)")
 
 
+WBC_DIAMETER_UM = (7.0, 22.0)  # located white-cell boxes, small lymphocyte to large monocyte
+
+
+def white_cell_check(fluorescent: Iterable[np.ndarray], um_per_px: float, min_cells: int = 3) -> str | None:
+    """The second ruler, as a check: white cells located in fluorescence frames at this scale should be
+    7-22 um across. One line when their median says otherwise; None when they agree or are too few."""
+    from wbc_edge.runtime.locator import locate_cells
+
+    sides = [max(b.x1 - b.x0, b.y1 - b.y0) * um_per_px for img in fluorescent for b in locate_cells(img, um_per_px=um_per_px)]
+    if len(sides) < min_cells:
+        return None
+    med = float(np.median(sides))
+    if WBC_DIAMETER_UM[0] <= med <= WBC_DIAMETER_UM[1]:
+        return None
+    return (f"white cells measure {med:.1f} um across at {um_per_px:.4g} um/px (expected {WBC_DIAMETER_UM[0]:.0f}-"
+            f"{WBC_DIAMETER_UM[1]:.0f} um, {len(sides)} cells): check the scale")
+
+
 def crop_px_for(spec: ModelSpec, um_per_px: float) -> int:
     """The crop window, in frame pixels, that covers the model's physical field of view."""
     return max(2, int(round(float(spec.crop_um) / float(um_per_px))))

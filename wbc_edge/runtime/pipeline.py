@@ -271,6 +271,12 @@ class Analyzer:
             h, w = images[0].shape[:2]
             for line in profile_warnings(self.profile, w, h, est):
                 log.warning("%s", line)
+        from wbc_edge.runtime.optics import white_cell_check
+
+        dark = [im for im in images if float(np.median(im[::4, ::4])) <= 70]  # the fluorescence frames
+        line = white_cell_check(dark, self.um_per_px) if self._locate is None else None
+        if line:
+            log.warning("scale: %s", line)
         return _Prefetched(source, frames)
 
     # ---- lifecycle -------------------------------------------------------------------------
