@@ -219,3 +219,26 @@ def test_white_cells_as_a_second_ruler_check_the_scale():
     line = white_cell_check(fluo, camera.um_per_px * 2)  # a profile for half the magnification: cells too large
     assert line is not None and "check the scale" in line  # (a coarse ruler: 1.6x off still passes)
     assert white_cell_check([], camera.um_per_px) is None  # too few cells: no verdict
+
+
+def test_cli_synth_frames_scale_then_calib_optics_and_a_refusal(tmp_path, capsys):
+    from wbc_edge.cli.calib import main as calib_main
+    from wbc_edge.cli.synth import main as synth_main
+
+    assert synth_main(["frames", "--out", str(tmp_path / "f"), "--sets", "3", "--seed", "2", "--scale", "2",
+                       "--no-video", "-q"]) == 0
+    meta = json.loads((tmp_path / "f" / "meta.json").read_text())
+    assert meta["scale"] == 2.0 and meta["um_per_px"] == pytest.approx(SIM_UM_PER_PX / 2, rel=1e-5)
+    assert calib_main(["optics", "--source", str(tmp_path / "f" / "frames"), "--serial", "CAM-1",
+                       "--out", str(tmp_path / "p.json")]) == 0
+    profile = DeviceProfile.load(tmp_path / "p.json")
+    assert profile.um_per_px == pytest.approx(SIM_UM_PER_PX / 2, rel=0.1)
+    assert (profile.width, profile.height, profile.serial) == (640, 480, "CAM-1")
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(blank / f"{i:06d}.png"), np.full((120, 160, 3), 200, np.uint8))
+    capsys.readouterr()
+    assert calib_main(["optics", "--source", str(blank), "--out", str(tmp_path / "q.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no clear red cells" in err and not (tmp_path / "q.json").exists()
