@@ -35,6 +35,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     c.add_argument("--bundle", type=Path, required=True, help="bundle whose spec (lights, input size) the inputs follow")
     c.add_argument("--max-cells", type=int, default=512, help="keep at most this many cells (default: %(default)s)")
     c.add_argument("--crop-px", type=int, help="window cut around each cell (default: the runtime's for this bundle)")
+    c.add_argument("--profile", type=Path, help="device profile (wbc-calib optics): the camera's scale for locating and cropping")
     c.add_argument("--out", type=Path, required=True)
     o = sub.add_parser("optics", help="measure the camera's micrometres per pixel from its frames (red cells as the ruler)")
     o.add_argument("--source", required=True, help="frame source URI (/dev/video0, csi://0, a folder, a video, synthetic://)")
@@ -83,8 +84,13 @@ def capture_main(a: argparse.Namespace) -> int:
     from wbc_edge.calibration.capture import capture_calibration_set, default_crop_px
 
     bundle = Bundle.open(a.bundle)
-    crop = a.crop_px or default_crop_px(bundle, bundle.spec)
-    calib = capture_calibration_set(a.source, a.sets, bundle.spec, max_cells=a.max_cells, crop_px=crop)
+    um = None
+    if a.profile:
+        from wbc_edge.runtime.optics import DeviceProfile, crop_px_for
+
+        um = DeviceProfile.load(a.profile).um_per_px
+    crop = a.crop_px or (crop_px_for(bundle.spec, um) if um else default_crop_px(bundle, bundle.spec))
+    calib = capture_calibration_set(a.source, a.sets, bundle.spec, max_cells=a.max_cells, crop_px=crop, um_per_px=um)
     calib.save(a.out)
     print(f"wbc-calib: {len(calib)} cells from {calib.source.get('sets_read')} sets of {a.source} -> {a.out} (sha256 {calib.content_hash[:12]})")
     return 0
