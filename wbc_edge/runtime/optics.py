@@ -37,6 +37,7 @@ MIN_BRIGHT_FIELD = 40.0  # median grey of a bright-field channel; below, a dark 
 MIN_SHARE = 0.35  # the dominant size must hold this part of the blob area
 SCALE_MISMATCH = 1.25  # a profile more than 25 % off the frames' evidence is warned about
 LONE_DISC_RATIO = 1.5  # blob area over its inscribed disc's: below, one cell; above, touching cells
+MEASURE_PIXELS = 1.0e6  # frames larger than this are measured averaged down first (speed)
 MIN_RBC_PX, MAX_RBC_PX = 5.0, 400.0  # red-cell diameters the estimator can resolve (pixels)
 
 
@@ -161,6 +162,22 @@ class ScaleEstimate:
 
 
 def red_cell_diameters(bright: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(diameters in px, areas in px) of the red cells of one bright-field frame; see `_red_cell_diameters`.
+
+    A frame above a megapixel is measured on a copy averaged down by whole pixels first (10x faster at
+    5 MP) and again at full size if its red cells came out smaller than 12 px there."""
+    img = np.asarray(bright)
+    h, w = img.shape[:2]
+    k = int(math.sqrt(h * w / MEASURE_PIXELS))
+    if k >= 2:
+        small = cv2.resize(img[: h // k * k, : w // k * k], (w // k, h // k), interpolation=cv2.INTER_AREA)
+        d, a = _red_cell_diameters(small)
+        if d.size >= MIN_FRAME_CELLS and float(np.median(d)) >= 12.0:
+            return d * k, a * (k * k)
+    return _red_cell_diameters(img)
+
+
+def _red_cell_diameters(bright: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(diameters in px, areas in px) of the dark blobs (red cells) of one bright-field frame (RGB or
     grey uint8); empty when the frame shows none.
 
