@@ -30,6 +30,11 @@ MISSING_FILL = ("mean",)  # a missing light's slot holds the normalisation mean 
 DEFAULT_MEAN = (127.5, 127.5, 127.5)
 DEFAULT_STD = (64.0, 64.0, 64.0)
 
+# Physical scale of the built-in simulator (wbc_edge.synth.scene: 2.3 px per micrometre, 64 px crops):
+# the default for a spec that does not say (every spec written before the fields existed).
+SIM_UM_PER_PX = 1.0 / 2.3
+SIM_CROP_UM = 64 * SIM_UM_PER_PX  # 27.8 um: a crop holds a large monocyte with room to spare
+
 
 # Key under which export embeds the spec in every ONNX graph's metadata_props: the graph carries its
 # own contract, and a loader compares it with the bundle's spec.json.
@@ -56,6 +61,9 @@ class ModelSpec:
     Normalisation (x - mean) / std per light and channel happens inside the exported graph.
     Outputs: `probs_name` [batch, n_classes], the combined probabilities, and `head_probs_name`
     [batch, n_heads, n_classes]; head k reads light `heads[k]` ("fused" for single-network fusion).
+    Physical scale: a crop spans `crop_um` micrometres (the runtime cuts that field of view from any
+    camera and resamples it to input_size); `train_um_per_px` is the training frames' scale when known.
+    Both default to the simulator's (SIM_CROP_UM, SIM_UM_PER_PX).
     """
 
     classes: tuple[str, ...] = CLASSES
@@ -73,6 +81,8 @@ class ModelSpec:
     probs_name: str = "probs"
     head_probs_name: str = "head_probs"
     provenance: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    crop_um: float = SIM_CROP_UM
+    train_um_per_px: float | None = SIM_UM_PER_PX
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -93,6 +103,11 @@ class ModelSpec:
 
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         return (batch, self.in_channels, self.input_size, self.input_size)
+
+    @property
+    def input_um_per_px(self) -> float:
+        """Micrometres per pixel of the model input: the physical resolution the model sees."""
+        return float(self.crop_um) / self.input_size
 
     def head_modality_index(self, head: int) -> int | None:
         """The light a head reads, or None for a fused head that reads every light."""
@@ -137,6 +152,11 @@ class ModelSpec:
             raise bad("head_combine", f"'{self.head_combine}' is not one of {list(HEAD_COMBINE)}")
         if self.missing_fill not in MISSING_FILL:
             raise bad("missing_fill", f"'{self.missing_fill}' is not one of {list(MISSING_FILL)}")
+        if not isinstance(self.crop_um, (int, float)) or not 1.0 <= float(self.crop_um) <= 1000.0:
+            raise bad("crop_um", f"{self.crop_um!r} is not a number of micrometres in 1..1000")
+        if self.train_um_per_px is not None and (not isinstance(self.train_um_per_px, (int, float))
+                                                 or not 0.005 <= float(self.train_um_per_px) <= 50.0):
+            raise bad("train_um_per_px", f"{self.train_um_per_px!r} is not null or micrometres per pixel in 0.005..50")
         names = (self.input_name, self.probs_name, self.head_probs_name)
         if len(set(names)) != 3 or not all(isinstance(n, str) and n for n in names):
             raise bad("input_name", f"tensor names must be distinct non-empty strings, got {names}")

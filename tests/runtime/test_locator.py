@@ -93,9 +93,9 @@ def test_a_stray_lobe_inside_its_cell_is_not_a_second_cell():
     img[(xx - 80) ** 2 + (yy - 80) ** 2 < 20**2, 0] = 40  # cytoplasm glow
     img[(xx - 74) ** 2 + (yy - 80) ** 2 < 9**2] = (60, 200, 60)  # main nucleus
     img[(xx - 94) ** 2 + (yy - 80) ** 2 < 4**2] = (60, 200, 60)  # a small lobe 8 px away
-    boxes = locate_cells(img, merge_distance=6)
+    boxes = locate_cells(img, merge_distance=6, open_px=0)  # no opening: areas exactly as drawn
     assert len(boxes) == 1 and boxes[0].x0 <= 62 and boxes[0].x1 >= 98
-    assert len(locate_cells(img, merge_distance=6, min_area=40)) == 2  # as big as a cell, it would count
+    assert len(locate_cells(img, merge_distance=6, min_area=40, open_px=0)) == 2  # as big as a cell, it would count
 
 
 @settings(max_examples=40, deadline=None)

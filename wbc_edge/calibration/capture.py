@@ -39,11 +39,13 @@ def capture_calibration_set(
     light_order: Sequence[str] | None = None,
     seed: int = 0,
     source: Any | None = None,
+    um_per_px: float | None = None,
 ) -> CalibrationSet:
     """Read up to `sets` complete four-light sets from `source_uri` and keep the cells found in them.
 
     Incomplete sets are skipped (a calibration input must look like a real one). When more than
     `max_cells` cells are found, an even random subset is kept. `source` replaces opening the URI (tests).
+    um_per_px: the camera's scale (a device profile's) for the locator; default the simulator's.
     """
     from wbc_edge.runtime.assembler import LightCycleAssembler
     from wbc_edge.runtime.locator import crop_cells, locate_cells
@@ -68,7 +70,7 @@ def capture_calibration_set(
             skipped += 1
             return
         read += 1
-        boxes = locate_cells(light_set.images[locator_light])
+        boxes = locate_cells(light_set.images[locator_light], um_per_px=um_per_px)
         if boxes:
             batch, kept = crop_cells(light_set, boxes, crop, spec, edge="drop")
             chunks.append(batch)

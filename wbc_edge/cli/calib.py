@@ -2,6 +2,7 @@
 
   wbc-calib select --run RUN [--fold 0] [--method mimo-kd] --size 256 --out DIR
   wbc-calib capture --source URI --sets N --bundle model.wbc --out DIR
+  wbc-calib optics --source URI --out profile.json     the camera's scale from its frames' red cells
 
 The folder holds inputs.npz (uint8 model inputs) and calibration.json (cell ids, class counts,
 SHA-256 of the tensors); give it to `wbc-export --calib DIR`.
@@ -33,7 +34,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     c.add_argument("--bundle", type=Path, required=True, help="bundle whose spec (lights, input size) the inputs follow")
     c.add_argument("--max-cells", type=int, default=512, help="keep at most this many cells (default: %(default)s)")
     c.add_argument("--crop-px", type=int, help="window cut around each cell (default: the runtime's for this bundle)")
+    c.add_argument("--profile", type=Path, help="device profile (wbc-calib optics): the camera's scale for locating and cropping")
     c.add_argument("--out", type=Path, required=True)
+    o = sub.add_parser("optics", help="measure the camera's micrometres per pixel from its frames (red cells as the ruler)")
+    o.add_argument("--source", required=True, help="frame source URI (/dev/video0, csi://0, a folder, a video, synthetic://)")
+    o.add_argument("--frames", type=int, default=12, help="frames to read (default: %(default)s: three four-light cycles)")
+    o.add_argument("--serial", default=None, help="camera serial number to record in the profile")
+    o.add_argument("--rbc-um", type=float, default=None, help="red-cell diameter of the sample in um (default: 7.5)")
+    o.add_argument("--out", type=Path, required=True, help="device profile JSON to write")
     return p
 
 
@@ -51,10 +59,29 @@ def capture_main(a: argparse.Namespace) -> int:
     from wbc_edge.calibration.capture import capture_calibration_set, default_crop_px
 
     bundle = Bundle.open(a.bundle)
-    crop = a.crop_px or default_crop_px(bundle, bundle.spec)
-    calib = capture_calibration_set(a.source, a.sets, bundle.spec, max_cells=a.max_cells, crop_px=crop)
+    um = None
+    if a.profile:
+        from wbc_edge.runtime.optics import DeviceProfile, crop_px_for
+
+        um = DeviceProfile.load(a.profile).um_per_px
+    crop = a.crop_px or (crop_px_for(bundle.spec, um) if um else default_crop_px(bundle, bundle.spec))
+    calib = capture_calibration_set(a.source, a.sets, bundle.spec, max_cells=a.max_cells, crop_px=crop, um_per_px=um)
     calib.save(a.out)
     print(f"wbc-calib: {len(calib)} cells from {calib.source.get('sets_read')} sets of {a.source} -> {a.out} (sha256 {calib.content_hash[:12]})")
+    return 0
+
+
+def optics_main(a: argparse.Namespace) -> int:
+    from wbc_edge.runtime.optics import RBC_DIAMETER_UM, estimate_scale, read_frames
+
+    images = read_frames(a.source, a.frames)
+    sizes = sorted({im.shape[1::-1] for im in images})
+    if len(sizes) > 1:
+        raise DataError(f"{a.source}: frames of {len(sizes)} sizes ({', '.join(f'{w}x{h}' for w, h in sizes)}); one camera, one size")
+    est = estimate_scale(images, rbc_diameter_um=a.rbc_um or RBC_DIAMETER_UM, where=f"{a.source} ({len(images)} frames)")
+    w, h = sizes[0]
+    est.profile(w, h, serial=a.serial, origin=f"estimated from {est.n_frames} frames of {a.source}").save(a.out)
+    print(f"wbc-calib: {est.describe()} -> {a.out}")
     return 0
 
 
@@ -63,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout, force=True)
     logging.getLogger("wbc_edge").setLevel(logging.INFO)
     try:
-        return select_main(a) if a.command == "select" else capture_main(a)
+        return {"select": select_main, "capture": capture_main, "optics": optics_main}[a.command](a)
     except WbcError as e:
         print(f"wbc-calib {a.command}: {e}", file=sys.stderr)
         return 2

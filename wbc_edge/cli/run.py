@@ -65,6 +65,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="a set missing a light: skip it, or classify with the present lights' heads (flagged)")
     p.add_argument("--order", default=None, metavar="L1,L2,..", help="the camera's light cycle (default: the model's lights)")
     p.add_argument("--crop-px", type=int, default=None, metavar="PX", help="crop window in frame pixels (default: from the bundle)")
+    p.add_argument("--profile", metavar="FILE", default=None,
+                   help="device profile JSON (camera um/px, from `wbc-calib optics`); default: the scale is measured "
+                        "from the first frames' red cells (the simulated camera states its own)")
     p.add_argument("--align", action="store_true", help="correct small shifts between lights before cropping")
     p.add_argument("--estimator", default=None, choices=("em", "acc", "pacc", "cc"),
                    help="how the differential is estimated from the calibrated probabilities (default: em, chosen by "
@@ -157,7 +160,7 @@ def run(a: argparse.Namespace) -> int:
     analyzer = Analyzer(model, backend=a.backend, precision=a.precision, batch_size=a.batch, max_wait_ms=a.max_wait_ms,
                         missing_light=a.missing_light, crop_px=a.crop_px, align=a.align, light_order=order,
                         intra_op_threads=a.threads, engine_cache=a.engine_cache, gallery_per_class=8 if a.report else 0,
-                        estimator=a.estimator)
+                        estimator=a.estimator, profile=a.profile or "auto")
     if a.device_serial:
         analyzer.device_serial = check_identifier(a.device_serial, "device serial")
     status = StatusLine(enabled=not a.quiet)
@@ -230,6 +233,7 @@ def run(a: argparse.Namespace) -> int:
         status.end()
 
     print(summary.format_table())
+    print(f"scale: {summary.scale}")
     print(f"{summary.sets} sets ({summary.sets_skipped} skipped), {summary.frames} frames "
           f"({summary.frames_dropped} dropped, {summary.frames_rejected} rejected) in {summary.duration_s:.1f} s; "
           f"stopped: {summary.stop_reason}")

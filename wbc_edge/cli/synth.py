@@ -33,6 +33,8 @@ def get_parser() -> argparse.ArgumentParser:
     frames.add_argument("--width", type=int, default=640)
     frames.add_argument("--height", type=int, default=480)
     frames.add_argument("--fps", type=float, default=30.0)
+    frames.add_argument("--scale", type=float, default=1.0,
+                        help="magnification against the simulator's optics (2: cells twice as large; default: %(default)s)")
     frames.add_argument("--no-video", action="store_true", help="write the frame folder only")
     frames.add_argument("--mix", default=None,
                         help="blood mix of the white cells: paper (default), normal, eosinophilia, neutrophilia, lymphocytosis, "
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         order = tuple(s.strip() for s in args.order.split(",") if s.strip())
         out = write_frames(args.out, sets=args.sets, seed=args.seed, light_order=order, width=args.width,
                            height=args.height, video=not args.no_video, fps=args.fps, progress=not args.quiet,
-                           class_mix=args.mix)
+                           class_mix=args.mix, scale=args.scale)
         print(f"wrote {args.sets} sets of {len(order)} frames: {out}")
     return 0
 

@@ -86,7 +86,12 @@ def frame_features(frame: Any, dark_max_median: float) -> _Observation:
     h, w = image.shape[:2]
     scale = min(1.0, FEATURE_WIDTH / max(w, 1))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else image
+    small = image
+    k = int(w // FEATURE_WIDTH)
+    if k >= 2:  # whole-pixel block averaging first: OpenCV's fast path, 3x quicker on a 5-megapixel frame
+        small = cv2.resize(image[: h // k * k, : w // k * k], (w // k, h // k), interpolation=cv2.INTER_AREA)
+    if scale < 1.0 and small.shape[1::-1] != size:
+        small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
     grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
     background = np.median(small.reshape(-1, 3), axis=0).astype(np.float32)
     # chromaticity (percent of R+G+B): the light's colour, indifferent to exposure and lamp power

@@ -7,10 +7,15 @@ field must not turn its noise into cells). Lobes of one nucleus (a neutrophil ha
 are merged by dilating the mask by half the merge distance; components that are too small or too
 dim (debris, platelets) or too large (clumps), and cells whose box reaches the frame border, are
 rejected. The box is the nucleus' bounding box grown by `cell_margin` to the cell's likely extent.
+
+Every size is physical (`LocatorGeometry`, micrometres) and turned into pixels with the camera's
+scale (`um_per_px`); a frame finer than `work_um_per_px` is first resampled down to it (the model's
+own resolution is enough to find cells, and it is much cheaper), and the boxes are mapped back.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -19,9 +24,44 @@ import numpy as np
 
 from wbc_edge.errors import DataError
 from wbc_edge.preprocess import cell_to_input
-from wbc_edge.spec import LOCATOR_LIGHT, ModelSpec
+from wbc_edge.spec import LOCATOR_LIGHT, SIM_UM_PER_PX, ModelSpec
 
 log = logging.getLogger(__name__)
+
+_U = SIM_UM_PER_PX  # the defaults below were tuned as simulator pixels; kept exact at its scale
+
+
+@dataclass(frozen=True)
+class LocatorGeometry:
+    """The locator's sizes in micrometres (areas in square micrometres), for any camera."""
+
+    min_nucleus_um2: float = 90 * _U * _U  # 17 um2: smaller is debris or a platelet
+    max_nucleus_um2: float = 3000 * _U * _U  # 567 um2: larger is a clump
+    min_body_um2: float = 270 * _U * _U  # a small nucleus counts with this much cytoplasm glow
+    merge_um: float = 9 * _U  # 3.9 um: lobes closer than this are one nucleus
+    border_um: float = 2 * _U
+    cell_margin_um: float = 6 * _U
+    max_cell_margin_um: float = 16 * _U
+    background_um: float = 61 * _U  # 26.5 um: larger than any nucleus
+    blur_um: float = 1.0 * _U
+    whole_nucleus_um2: float = 30.0  # a lobe this large is a whole nucleus (a lymphocyte's is ~40; a neutrophil lobe ~5-20)
+    min_lobe_um: float = 2.5  # thinner bright structures (red-cell rims, fibres) are not nuclei (0: no opening)
+    work_um_per_px: float = _U  # frames finer than this are located at this resolution (the sizes above fit it)
+
+    def in_pixels(self, um_per_px: float) -> dict[str, Any]:
+        """locate_cells' pixel arguments at a scale (rounded so the simulator's scale gives the old integers)."""
+        if not um_per_px or not np.isfinite(um_per_px) or um_per_px <= 0:
+            raise DataError(f"locator scale {um_per_px!r} um/px: must be a positive number")
+        a, l = 1.0 / (um_per_px * um_per_px), 1.0 / um_per_px
+        return {"min_area": max(1, int(round(self.min_nucleus_um2 * a))), "max_area": max(2, int(round(self.max_nucleus_um2 * a))),
+                "min_body_area": int(round(self.min_body_um2 * a)), "merge_distance": round(self.merge_um * l, 6),
+                "border_margin": max(1, int(round(self.border_um * l))), "cell_margin": max(1, int(round(self.cell_margin_um * l))),
+                "max_cell_margin": max(1, int(round(self.max_cell_margin_um * l))),
+                "background_px": max(3, int(round(self.background_um * l))), "blur_sigma": round(self.blur_um * l, 6),
+                "open_px": int(round(self.min_lobe_um * l)), "nucleus_px": int(round(self.whole_nucleus_um2 * a))}
+
+
+GEOMETRY = LocatorGeometry()
 
 
 @dataclass(frozen=True)
@@ -39,6 +79,7 @@ class CellBox:
     n_lobes: int
     intensity: float = 0.0
     body_area: int = 0  # px of the cell's cytoplasm glow (0 when not measured)
+    whole_nuclei: int = 0  # lobes each as large as a whole round nucleus: 2 or more, likely touching cells
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -78,21 +119,32 @@ def nuclear_signal(fluorescent: np.ndarray, *, channel: str = "green", backgroun
 def locate_cells(
     fluorescent: np.ndarray,
     *,
-    min_area: int = 90,
-    max_area: int = 3000,
-    min_body_area: int = 270,
-    merge_distance: float = 9.0,
-    border_margin: int = 2,
-    cell_margin: int = 6,
-    max_cell_margin: int = 16,
+    um_per_px: float | None = None,
+    work_um_per_px: float | None = None,
+    geometry: LocatorGeometry = GEOMETRY,
+    min_area: int | None = None,
+    max_area: int | None = None,
+    min_body_area: int | None = None,
+    merge_distance: float | None = None,
+    border_margin: int | None = None,
+    cell_margin: int | None = None,
+    max_cell_margin: int | None = None,
     body_contrast: float = 10.0,
     min_contrast: float = 30.0,
     min_intensity: float = 45.0,
     channel: str = "green",
-    background_px: int = 61,
-    blur_sigma: float = 1.0,
+    background_px: int | None = None,
+    blur_sigma: float | None = None,
+    open_px: int | None = None,
+    nucleus_px: int | None = None,
+    peak_fraction: float = 0.4,
 ) -> list[CellBox]:
     """White cells in a fluorescence frame (RGB uint8 HxWx3, or a single-channel image).
+
+    um_per_px: the camera's scale (default: the simulator's); `geometry` (micrometres) gives every
+        size argument left as None. work_um_per_px: a frame finer than this is located on a copy
+        resampled to it; boxes come back in frame pixels. Size arguments given in pixels are pixels
+        of the frame as located (after any resampling).
 
     min_area / max_area: nuclear area (px, lobes summed) of a cell; below is debris, above a clump.
     min_body_area: a smaller nucleus (down to min_area / 3: a small two-lobed cell) is still a cell
@@ -108,10 +160,45 @@ def locate_cells(
     """
     if not isinstance(fluorescent, np.ndarray) or fluorescent.ndim not in (2, 3) or fluorescent.size == 0:
         raise DataError(f"locate_cells: expected an HxW or HxWx3 image, got {getattr(fluorescent, 'shape', type(fluorescent))}")
+    scale = float(um_per_px) if um_per_px is not None else SIM_UM_PER_PX
+    factor = 1.0
+    work_um_per_px = geometry.work_um_per_px if work_um_per_px is None else work_um_per_px
+    if work_um_per_px and work_um_per_px > scale * 1.25:  # a quarter finer is not worth a resample
+        factor = float(work_um_per_px) / scale
+        h0, w0 = fluorescent.shape[:2]
+        size = (max(3, int(round(w0 / factor))), max(3, int(round(h0 / factor))))
+        fluorescent = cv2.resize(fluorescent, size, interpolation=cv2.INTER_AREA)
+        scale = float(work_um_per_px)
+    px = geometry.in_pixels(scale)
+    given = {"min_area": min_area, "max_area": max_area, "min_body_area": min_body_area, "merge_distance": merge_distance,
+             "border_margin": border_margin, "cell_margin": cell_margin, "max_cell_margin": max_cell_margin,
+             "background_px": background_px, "blur_sigma": blur_sigma, "open_px": open_px,
+             "nucleus_px": nucleus_px}
+    px.update({k: v for k, v in given.items() if v is not None})
+    boxes = _locate(fluorescent, body_contrast=body_contrast, min_contrast=min_contrast, min_intensity=min_intensity,
+                    channel=channel, peak_fraction=peak_fraction, **px)
+    if factor != 1.0:
+        boxes = [_scaled_box(b, factor, w0, h0) for b in boxes]
+    return boxes
+
+
+def _scaled_box(b: CellBox, f: float, w: int, h: int) -> CellBox:
+    """A box found on a frame resampled by 1/f, in the original frame's pixels."""
+    return CellBox(max(0, int(math.floor(b.x0 * f))), max(0, int(math.floor(b.y0 * f))), min(w, int(math.ceil(b.x1 * f))),
+                   min(h, int(math.ceil(b.y1 * f))), (b.cx + 0.5) * f - 0.5, (b.cy + 0.5) * f - 0.5,
+                   int(round(b.area * f * f)), b.n_lobes, b.intensity, int(round(b.body_area * f * f)), b.whole_nuclei)
+
+
+def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_area: int, merge_distance: float,
+            border_margin: int, cell_margin: int, max_cell_margin: int, body_contrast: float, min_contrast: float,
+            min_intensity: float, channel: str, background_px: int, blur_sigma: float, open_px: int = 0,
+            peak_fraction: float = 0.0, nucleus_px: int = 0) -> list[CellBox]:
     h, w = fluorescent.shape[:2]
     if h < 3 or w < 3:
         return []
     signal = nuclear_signal(fluorescent, channel=channel, background_px=background_px, blur_sigma=blur_sigma)
+    if open_px >= 2:  # grey opening: bright structures thinner than a nuclear lobe (red-cell rims) sink to their surroundings
+        signal = cv2.morphologyEx(signal, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px)))
     signal8 = np.clip(signal, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(signal8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     threshold = max(float(otsu), float(min_contrast))
@@ -122,7 +209,7 @@ def locate_cells(
     _, lobe_labels = cv2.connectedComponents(mask, connectivity=8)
     body = None
     if fluorescent.ndim == 3 and body_contrast > 0:
-        glow = nuclear_signal(fluorescent, channel="red", background_px=background_px, blur_sigma=1.5)
+        glow = nuclear_signal(fluorescent, channel="red", background_px=background_px, blur_sigma=round(1.5 * blur_sigma, 6))
         body = ((glow > body_contrast) | (mask > 0)).astype(np.uint8)
     grow = max(1, int(round(merge_distance / 2)))
     merged = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
@@ -138,6 +225,8 @@ def locate_cells(
     boxes: list[CellBox] = []
     for cell in range(1, n_cells):
         sel = order[bounds[cell - 1] : bounds[cell]]
+        if peak_fraction > 0 and sel.size:  # the nucleus is what glows near its own peak; dimmer neighbours are not it
+            sel = sel[values[sel] >= peak_fraction * float(values[sel].max())]
         area = int(sel.size)
         if area < min_area / 3 or area > max_area:
             continue
@@ -169,8 +258,9 @@ def locate_cells(
             continue  # small and without cytoplasm: debris
         if x0 < border_margin or y0 < border_margin or x1 > w - border_margin or y1 > h - border_margin:
             continue  # cut by the frame border: its crop would be incomplete
-        lobes = len(np.unique(lobe_labels[py, px]))
-        boxes.append(CellBox(x0, y0, x1, y1, cx, cy, area, lobes, intensity, body_area))
+        lobe_ids, lobe_px = np.unique(lobe_labels[py, px], return_counts=True)
+        boxes.append(CellBox(x0, y0, x1, y1, cx, cy, area, len(lobe_ids), intensity, body_area,
+                             int((lobe_px >= nucleus_px).sum()) if nucleus_px else 0))
     # a small fragment centred inside a bigger cell's box is a lobe that strayed past merge_distance
     boxes = [b for b in boxes if b.area >= min_area or not any(
         o is not b and o.area > b.area and o.x0 <= b.cx < o.x1 and o.y0 <= b.cy < o.y1 for o in boxes)]

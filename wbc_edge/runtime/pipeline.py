@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import queue
 import threading
@@ -25,8 +26,8 @@ import numpy as np
 
 from wbc_edge.bundle import Bundle
 from wbc_edge.errors import DataError, SpecError, WbcError
-from wbc_edge.runtime.results import (FLAG_BEYOND_LIMIT, FLAG_HEADS_DISAGREE, FLAG_MISSING_PREFIX, CellResult, Differential,
-                                      ResultWriter, RunSummary)
+from wbc_edge.runtime.results import (FLAG_BEYOND_LIMIT, FLAG_HEADS_DISAGREE, FLAG_MISSING_PREFIX, FLAG_TOUCHING, CellResult,
+                                      Differential, ResultWriter, RunSummary)
 from wbc_edge.runtime.stats import RunStats
 from wbc_edge.spec import LOCATOR_LIGHT, MODALITIES
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 MISSING_LIGHT_POLICIES = ("skip", "heads")
 _END = object()  # end-of-stream marker passed down the queues
 _POLL_S = 0.05
+SCALE_TOLERANCE = 0.06  # an estimate this close to the training scale keeps it (the estimator's accuracy, measured)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class _SetWork:
     probs: np.ndarray | None = None
     head_probs: np.ndarray | None = None
     done_rows: int = 0
+    cell_flags: list[list[str]] = field(default_factory=list)  # per box, from the locator
 
     @property
     def n(self) -> int:
@@ -112,16 +115,32 @@ def _box_tuple(box: Any) -> tuple[int, int, int, int]:
     return (x0, y0, x1, y1)
 
 
-def _default_crop_px(bundle: Bundle) -> int:
+def _default_crop_px(bundle: Bundle, um_per_px: float | None = None) -> int:
+    """The crop window in frame pixels: the model's field of view (spec.crop_um) at the camera's scale
+    (default: the spec's training scale); a legacy bundle's meta crop_px when no scale is given."""
     meta = bundle.manifest.get("meta", {}) or {}
-    if isinstance(meta.get("crop_px"), (int, float)) and meta["crop_px"] > 0:
+    if um_per_px is None and isinstance(meta.get("crop_px"), (int, float)) and meta["crop_px"] > 0:
         return int(meta["crop_px"])
-    try:
-        from wbc_edge.synth.scene import CROP_PX  # the window the simulated camera's cells were cut with
+    from wbc_edge.runtime.optics import crop_px_for
 
-        return int(CROP_PX)
-    except (ImportError, AttributeError):
-        return int(bundle.spec.input_size)
+    return crop_px_for(bundle.spec, um_per_px or bundle.spec.train_um_per_px or bundle.spec.input_um_per_px)
+
+
+class _Prefetched:
+    """A source whose first frames were read ahead (to measure the scale): they come out first."""
+
+    def __init__(self, source: Any, frames: list):
+        self._source, self._frames = source, deque(frames)
+
+    def read(self, timeout: float = 1.0) -> Any:
+        return self._frames.popleft() if self._frames else self._source.read(timeout)
+
+    @property
+    def is_streaming(self) -> bool:
+        return bool(self._frames) or getattr(self._source, "is_streaming", True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
 
 
 class Analyzer:
@@ -130,9 +149,12 @@ class Analyzer:
     bundle_or_path: a `Bundle` or a `.wbc` path. backend/precision: see `open_backend`.
     batch_size/max_wait_ms: a batch runs when it is full or its oldest cell waited this long.
     missing_light: "skip" drops a set with a light missing; "heads" fills the light per the spec and
-    combines only the heads of the present lights. Both flag it. crop_px: the crop window in frame
-    pixels (default: the bundle's meta, else the simulated camera's). runner/locator/cropper/
-    assembler_factory replace the defaults (tests, custom hardware).
+    combines only the heads of the present lights. Both flag it. profile: the camera's scale, a
+    `DeviceProfile`, a profile JSON path, a number (um per px), "auto" (the source's own scale if it
+    knows it, else measured from its first bright-field frames at the start of `analyze`, logged) or
+    None (the scale the model was trained at). crop_px: the crop window in frame pixels (default: the
+    model's field of view, spec.crop_um, at that scale). runner/locator/cropper/assembler_factory
+    replace the defaults (tests, custom hardware).
     """
 
     def __init__(self, bundle_or_path: Bundle | str | os.PathLike, backend: str = "auto", precision: str = "auto",
@@ -141,9 +163,14 @@ class Analyzer:
                  intra_op_threads: int | None = None, engine_cache: str | None = None,
                  gallery_per_class: int = 0, runner: Any = None,
                  locator: Callable[[np.ndarray], list] | None = None, cropper: Callable[..., Any] | None = None,
-                 assembler_factory: Callable[[Sequence[str]], Any] | None = None, estimator: str | None = None):
+                 assembler_factory: Callable[[Sequence[str]], Any] | None = None, estimator: str | None = None,
+                 profile: Any = None):
         self.bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else Bundle.open(bundle_or_path)
         self.spec = self.bundle.spec
+        self._fixed_crop_px = int(crop_px) if crop_px else None
+        self.profile = None
+        self._auto_scale = isinstance(profile, str) and profile == "auto"
+        self.set_profile(None if self._auto_scale else profile)
         if missing_light not in MISSING_LIGHT_POLICIES:
             raise SpecError(f"missing_light '{missing_light}' is not one of {list(MISSING_LIGHT_POLICIES)}")
         if batch_size < 1:
@@ -151,7 +178,6 @@ class Analyzer:
         self.batch_size = int(batch_size)
         self.max_wait_s = max(0.0, float(max_wait_ms) / 1000.0)
         self.missing_light = missing_light
-        self.crop_px = int(crop_px) if crop_px else _default_crop_px(self.bundle)
         self.align = bool(align)
         if light_order:
             self.light_order = tuple(light_order)
@@ -184,6 +210,82 @@ class Analyzer:
         self._stop = threading.Event()
         self._abort = threading.Event()
         self._stop_reason = ""
+
+    # ---- physical scale --------------------------------------------------------------------
+    def set_profile(self, profile: Any) -> None:
+        """Use a camera scale from now on (see the class docstring for what `profile` may be)."""
+        from wbc_edge.runtime.optics import DeviceProfile
+
+        if isinstance(profile, (str, os.PathLike)):
+            profile = DeviceProfile.load(profile)
+        elif isinstance(profile, (int, float)):
+            profile = DeviceProfile(float(profile))
+        self.profile = profile
+        self.um_per_px = float(profile.um_per_px) if profile is not None else (
+            self.spec.train_um_per_px or self.spec.input_um_per_px)
+        self.scale_origin = profile.origin if profile is not None else "the model's training scale (no device profile)"
+        self.crop_px = self._fixed_crop_px or _default_crop_px(self.bundle, self.um_per_px if profile is not None else None)
+
+    def _settle_scale(self, source: Any) -> Any:
+        """With profile "auto": the source's own scale, else one measured from its first frames. With a
+        given profile: warn when the frames contradict it (another frame size, red cells of another
+        size). The frames read ahead are replayed, none lost. Returns the source to read from."""
+        from wbc_edge.runtime.optics import ScaleError, estimate_scale, profile_warnings
+
+        if not self._auto_scale and self.profile is None:
+            return source
+        if self._locate is not None and self._crop is not None:
+            return source  # custom locator and cropper (tests, custom hardware) take no scale
+        own = getattr(source, "um_per_px", None)
+        if self._auto_scale and isinstance(own, (int, float)) and own > 0:
+            from wbc_edge.runtime.optics import DeviceProfile
+
+            self.set_profile(DeviceProfile(float(own), origin="the source's own scale"))
+            log.info("scale: %.4f um/px (%s)", self.um_per_px, self.scale_origin)
+            return source
+        frames: list = []
+        deadline = time.monotonic() + 10.0
+        while len(frames) < 3 * len(self.light_order) and time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                frame = source.read(_POLL_S * 2)
+            except WbcError:
+                break  # the capture stage meets it again and reports it
+            if frame is None:
+                if not getattr(source, "is_streaming", True):
+                    break
+                continue
+            frames.append(frame)
+        images = [f.image for f in frames if isinstance(getattr(f, "image", None), np.ndarray) and f.image.ndim == 3]
+        bright = [im for im in images if float(np.median(im[::4, ::4])) > 70]  # the fluorescence frames are dark
+        est = None
+        try:
+            est = estimate_scale(bright, where=f"the first {len(frames)} frames")
+        except ScaleError as e:
+            refusal = str(e)
+        if self._auto_scale:
+            if est is not None and abs(math.log(est.um_per_px / self.um_per_px)) < math.log(1 + SCALE_TOLERANCE):
+                # within the estimator's own accuracy of the training scale: no evidence of other optics
+                self.scale_origin = (f"the model's training scale (estimated {est.um_per_px:.4f} um/px from the first "
+                                     f"{len(bright)} bright-field frames, within {100 * SCALE_TOLERANCE:.0f} %)")
+                log.info("scale: %s", self.scale_origin)
+            elif est is not None:
+                h, w = bright[0].shape[:2]
+                self.set_profile(est.profile(w, h, origin=f"estimated from the first {len(bright)} bright-field frames"))
+                log.warning("scale: %s", est.describe())
+            else:
+                log.warning("scale: %s; using the model's training scale %.4f um/px", refusal, self.um_per_px)
+                self.scale_origin = "the model's training scale (estimate refused)"
+        elif images:
+            h, w = images[0].shape[:2]
+            for line in profile_warnings(self.profile, w, h, est):
+                log.warning("%s", line)
+        from wbc_edge.runtime.optics import white_cell_check
+
+        dark = [im for im in images if float(np.median(im[::4, ::4])) <= 70]  # the fluorescence frames
+        line = white_cell_check(dark, self.um_per_px) if self._locate is None else None
+        if line:
+            log.warning("scale: %s", line)
+        return _Prefetched(source, frames)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def open(self) -> "Analyzer":
@@ -219,7 +321,7 @@ class Analyzer:
         if self._locate is None:
             from wbc_edge.runtime.locator import locate_cells
 
-            self._locate = locate_cells
+            return lambda image: locate_cells(image, um_per_px=self.um_per_px)
         return self._locate
 
     def _crop_fn(self) -> Callable[..., Any]:
@@ -272,6 +374,7 @@ class Analyzer:
                 batch, boxes = self._crop_fn()(light_set, boxes, self.crop_px, spec)
             work.inputs = np.ascontiguousarray(batch, dtype=np.uint8)
             work.boxes = [_box_tuple(b) for b in boxes]
+            work.cell_flags = [[FLAG_TOUCHING] if getattr(b, "whole_nuclei", 0) >= 2 else [] for b in boxes]
             if len(work.boxes) != len(work.inputs):
                 raise DataError(f"set {work.index}: cropper returned {len(work.inputs)} crops for {len(work.boxes)} boxes")
         n = len(work.boxes)
@@ -309,14 +412,15 @@ class Analyzer:
             hp = heads[i]
             p = combined[i]
             k = int(np.argmax(p))
-            flags = list(work.flags)
+            flags = list(work.flags) + (work.cell_flags[i] if i < len(work.cell_flags) else [])
             if len(present) > 1 and len({int(np.argmax(hp[h])) for h in present}) > 1:
                 flags.append(FLAG_HEADS_DISAGREE)
             out.append(CellResult(
                 set_index=work.index, cell_index=i, time=work.time, box=box, label=spec.classes[k],
                 probability=float(p[k]), probs={c: float(v) for c, v in zip(spec.classes, p)},
                 head_probs={name: [float(v) for v in hp[h]] for name, h in zip(head_names, present)},
-                flags=flags, frame_indices=frame_indices))
+                flags=flags, frame_indices=frame_indices,
+                size_um=((box[2] - box[0]) * self.um_per_px, (box[3] - box[1]) * self.um_per_px)))
         return out
 
     def classify_set(self, light_set: Any) -> list[CellResult]:
@@ -363,6 +467,7 @@ class Analyzer:
         state = _RunState()
         state.source_validates = _validates_frames(source)
         self._identity = self._run_identity(sample)
+        source = self._settle_scale(source)
         try:
             if isinstance(sink, (str, os.PathLike)):
                 writer, own_writer = ResultWriter(sink, header={**self._identity, **self._header(source_name)}), True
@@ -594,7 +699,8 @@ class Analyzer:
         return {"classes": list(self.spec.classes), "heads": list(self.spec.heads), "source": source_name,
                 "model": str(self.bundle.path), "backend": self.runner.backend, "precision": self.runner.precision,
                 "device": self.runner.device, "missing_light": self.missing_light, "batch_size": self.batch_size,
-                "crop_px": self.crop_px, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "crop_px": self.crop_px, "um_per_px": round(self.um_per_px, 6), "scale_origin": self.scale_origin,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "wbc_edge_version": __version__, "quantification": self._quant_header()}
 
     def estimate_status(self, every: int = 25) -> str:
@@ -640,4 +746,5 @@ class Analyzer:
             cells_discarded=state.cells_discarded, duration_s=snap["elapsed_s"],
             stop_reason=getattr(self, "_stop_reason", "") or "end of source", source=source_name,
             model=str(self.bundle.path), backend=self.runner.backend, precision=self.runner.precision,
-            results_path=str(getattr(writer, "path", "")) or None, stats=snap)
+            results_path=str(getattr(writer, "path", "")) or None, stats=snap,
+            scale=f"{self.um_per_px:.4f} um/px ({self.scale_origin})")

@@ -96,6 +96,7 @@ def render_report(summary: RunSummary, gallery: Mapping[str, Sequence[np.ndarray
         "backend / precision": f"{summary.backend} / {summary.precision}",
         "cells counted": str(summary.total_cells), "four-light sets": f"{summary.sets} ({summary.sets_skipped} skipped)",
         "frames": f"{summary.frames} read, {summary.frames_dropped} dropped, {summary.frames_rejected} rejected",
+        "scale": getattr(summary, "scale", "") or "not recorded",
         "duration": f"{summary.duration_s:.1f} s", "stopped because": summary.stop_reason,
         "flags": ", ".join(f"{k}: {v}" for k, v in sorted(summary.flag_counts.items())) or "none",
         "results file": summary.results_path or "(not written)",

@@ -23,6 +23,7 @@ Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 # Flags a cell can carry (also set-level flags from the assembler are copied through).
 FLAG_HEADS_DISAGREE = "heads_disagree"
 FLAG_MISSING_PREFIX = "missing:"  # e.g. "missing:color2": classified with the heads of the present lights
+FLAG_TOUCHING = "touching_cells"  # two or more whole nuclei in one box: likely touching white cells, counted once
 FLAG_BEYOND_LIMIT = "beyond_max_cells"  # classified in flight after the max-cells differential was full: kept, not counted
 
 
@@ -44,11 +45,16 @@ class CellResult:
     head_probs: dict[str, list[float]]  # head name -> probabilities in class order (present heads only)
     flags: list[str] = field(default_factory=list)
     frame_indices: dict[str, int] = field(default_factory=dict)  # light -> source frame index
+    size_um: tuple[float, float] | None = None  # box width, height in micrometres at the run's scale
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["box"] = [int(v) for v in self.box]
         d["class"] = d.pop("label")
+        if self.size_um is None:
+            d.pop("size_um")
+        else:
+            d["size_um"] = [round(float(v), 2) for v in self.size_um]
         return {"record": "cell", **d}
 
     @classmethod
@@ -64,6 +70,7 @@ class CellResult:
             head_probs={str(k): [float(x) for x in v] for k, v in d.get("head_probs", {}).items()},
             flags=[str(f) for f in d.get("flags", [])],
             frame_indices={str(k): int(v) for k, v in (d.get("frame_indices") or {}).items()},
+            size_um=tuple(float(v) for v in d["size_um"]) if d.get("size_um") else None,  # type: ignore[arg-type]
         )
 
 
@@ -163,6 +170,7 @@ class RunSummary:
     estimate_note: str = ""
     # reference.assess: H/L flags against the adult reference intervals and the sample's review reasons
     assessment: dict[str, Any] | None = None
+    scale: str = ""  # the camera scale the run used and where it came from
 
     @classmethod
     def from_differential(cls, diff: Differential, **kw: Any) -> "RunSummary":
@@ -381,4 +389,10 @@ def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
         backend=str(header.get("backend", "")), precision=str(header.get("precision", "")),
         results_path=str(results_jsonl), bad_lines=bad, runs_in_file=len(runs), cells_discarded=discarded,
         stop_reason="rebuilt from results file", sample=header.get("sample"), instrument=header.get("instrument"),
-        estimate=estimate, estimate_note=note, assessment=assessment)
+        estimate=estimate, estimate_note=note, assessment=assessment, scale=scale_text(header))
+
+
+def scale_text(header: Mapping[str, Any]) -> str:
+    """'0.4348 um/px (origin)' from a results header; '' for files written before the scale was recorded."""
+    um = header.get("um_per_px")
+    return f"{float(um):.4f} um/px ({header.get('scale_origin') or 'origin not recorded'})" if um else ""

@@ -167,9 +167,16 @@ class SyntheticCamera:
     def __init__(self, seed: int = 0, light_order: Sequence[str] = LIGHTS, width: int = 640, height: int = 480,
                  fps: float = 30.0, n_sets: int | None = None, drop_every: int | None = None,
                  duplicate_every: int | None = None, corrupt_every: int | None = None, n_wbc: tuple[int, int] = (3, 8),
-                 class_mix: str | Mapping[str, float] | None = None):
+                 class_mix: str | Mapping[str, float] | None = None, scale: float = 1.0):
         self.light_order = _check_lights(light_order)
         self.class_mix = resolve_mix(class_mix) if class_mix is not None else None  # None: the paper's mix
+        if not 0.1 <= float(scale) <= 10.0:
+            raise DataError(f"synthetic camera scale: must be a magnification in 0.1..10, got {scale}")
+        # magnification against the simulator's native optics: a field of width/scale x height/scale
+        # native pixels is drawn, then resampled to the frame size (cells `scale` times as large)
+        self.scale = float(scale)
+        self._native = (width, height) if self.scale == 1.0 else (
+            max(64, int(round(width / self.scale))), max(64, int(round(height / self.scale))))
         for name, value in (("drop_every", drop_every), ("duplicate_every", duplicate_every), ("corrupt_every", corrupt_every)):
             if value is not None and value < 2:
                 raise DataError(f"synthetic camera {name}: must be >= 2 or None, got {value}")
@@ -179,7 +186,7 @@ class SyntheticCamera:
         self.n_sets, self.n_wbc = n_sets, n_wbc
         self.drop_every, self.duplicate_every, self.corrupt_every = drop_every, duplicate_every, corrupt_every
         self.stain = Stain.sample(np.random.default_rng([seed, 2, 0]))
-        self._optics = CameraOptics(np.random.default_rng([seed, 4]), width, height, self.stain.haemoglobin)
+        self._optics = CameraOptics(np.random.default_rng([seed, 4]), *self._native, self.stain.haemoglobin)
         self._cache: dict[int, tuple[dict[str, np.ndarray], list[TruthCell]]] = {}
 
     def render_set(self, set_index: int) -> tuple[dict[str, np.ndarray], list[TruthCell]]:
@@ -188,9 +195,19 @@ class SyntheticCamera:
             if len(self._cache) >= 8:
                 self._cache.pop(next(iter(self._cache)))
             rng = np.random.default_rng([self.seed, 3, set_index])
-            self._cache[set_index] = render_field(rng, self.width, self.height, self.n_wbc, self.light_order,
-                                                  stain=self.stain, class_mix=self.class_mix, optics=self._optics)
+            images, truth = render_field(rng, *self._native, self.n_wbc, self.light_order, stain=self.stain,
+                                         class_mix=self.class_mix, optics=self._optics)
+            if self._native != (self.width, self.height):
+                images, truth = _resampled(images, truth, self.width, self.height, self._native)
+            self._cache[set_index] = (images, truth)
         return self._cache[set_index]
+
+    @property
+    def um_per_px(self) -> float:
+        """The camera's scale: the simulator's native micrometres per pixel over the magnification."""
+        from wbc_edge.spec import SIM_UM_PER_PX
+
+        return SIM_UM_PER_PX * self._native[0] / self.width
 
     def truth(self, set_index: int) -> list[TruthCell]:
         return self.render_set(set_index)[1]
@@ -218,6 +235,19 @@ class SyntheticCamera:
                     yield SynthFrame(delivered, set_index, light, image, t, "duplicate")
                     delivered += 1
             set_index += 1
+
+
+def _resampled(images: dict[str, np.ndarray], truth: list[TruthCell], width: int, height: int,
+               native: tuple[int, int]) -> tuple[dict[str, np.ndarray], list[TruthCell]]:
+    """A native field seen through other optics: every light resampled to width x height, truth scaled."""
+    fx, fy = width / native[0], height / native[1]
+    interp = cv2.INTER_AREA if fx < 1 else cv2.INTER_LINEAR
+    out = {k: cv2.resize(v, (width, height), interpolation=interp) for k, v in images.items()}
+    cells = [TruthCell(box=(max(0, int(math.floor(c.box[0] * fx))), max(0, int(math.floor(c.box[1] * fy))),
+                            min(width, int(math.ceil(c.box[2] * fx))), min(height, int(math.ceil(c.box[3] * fy)))),
+                       center=((c.center[0] + 0.5) * fx - 0.5, (c.center[1] + 0.5) * fy - 0.5), label=c.label,
+                       cut_by_border=c.cut_by_border) for c in truth]
+    return out, cells
 
 
 def _truncated(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -260,7 +290,7 @@ def _remove_stale_frames(folder: Path, n_frames: int) -> None:
 
 def write_frames(out: str | os.PathLike, sets: int, seed: int, light_order: Sequence[str] = LIGHTS, width: int = 640,
                  height: int = 480, video: bool = True, fps: float = 30.0, progress: bool = False,
-                 class_mix: str | Mapping[str, float] | None = None) -> Path:
+                 class_mix: str | Mapping[str, float] | None = None, scale: float = 1.0) -> Path:
     """Write `sets` four-light fields as single-light frames in capture order.
 
     Layout: `out/frames/000000.png ...`, `out/video.avi` (same frames, lossless where OpenCV can),
@@ -273,7 +303,8 @@ def write_frames(out: str | os.PathLike, sets: int, seed: int, light_order: Sequ
         raise DataError(f"sets: must be >= 1, got {sets}")
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
-    camera = SyntheticCamera(seed=seed, light_order=light_order, width=width, height=height, fps=fps, n_sets=sets, class_mix=class_mix)
+    camera = SyntheticCamera(seed=seed, light_order=light_order, width=width, height=height, fps=fps, n_sets=sets,
+                             class_mix=class_mix, scale=scale)
     writer = codec = None
     tmp_video = out / ".video.avi.tmp.avi"
     if video:
@@ -314,6 +345,8 @@ def write_frames(out: str | os.PathLike, sets: int, seed: int, light_order: Sequ
             "width": width, "height": height, "video": "video.avi" if video else None, "video_codec": codec,
             "frames": "frames/%06d.png", "truth_reference_light": "fluorescent", "generator": "wbc_edge.synth",
             "class_mix": camera.class_mix or dict(PAPER_MIX)}
+    if scale != 1.0:  # meta of 1x folders stays byte-identical to earlier versions
+        meta.update(scale=scale, um_per_px=round(camera.um_per_px, 6))
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     log.info("wrote %d frames (%d sets) to %s", n_frames, sets, out)
     return out

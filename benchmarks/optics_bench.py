@@ -1,0 +1,188 @@
+"""Physical scale benchmark: the locator at several magnifications and on real frames, and sets per second.
+
+    nice -n 10 .venv/bin/python benchmarks/optics_bench.py [--real ../shared/data/chula_frames] [--fps-sets 12]
+
+1. Simulator at 0.5x, 1x, 2x its magnification: the scale estimated from the first three sets' bright
+   lights (no hand-set constant), then recall / precision of the located cells against the truth
+   (20 fields, IoU >= 0.3; a cell the truth marks cut by the border is ignored: neither missed nor a
+   false find when located, since its visible part may lie inside the frame).
+2. Real frames (if --real): converted to four-light sets (`wbc_edge.data.smear_frames`), the scale
+   estimated from the first three sets, recall / precision against boxes.csv (labels not exhaustive:
+   unmatched detections are listed to be looked at).
+3. Four-light sets per second with the frames already in memory (no file decoding): assemble, locate,
+   crop and infer (the packaged demo bundle, ONNX Runtime CPU, best precision) at 640x480 and at
+   2448x2048, locating at the model's resolution (the default) and at the sensor's (`work_um_per_px=0`);
+   and the threaded Analyzer end to end on the same in-memory frames.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wbc_edge.runtime.locator import detection_scores, greedy_match, locate_cells
+from wbc_edge.runtime.optics import estimate_scale
+from wbc_edge.synth.frames import SyntheticCamera
+
+BRIGHT = ("color1", "color2", "color3")
+
+
+def simulator(scale: float, fields: int = 20, seed: int = 101) -> dict:
+    cam = SyntheticCamera(seed=seed, scale=scale)
+    est = estimate_scale([cam.render_set(i)[0][light] for i in range(3) for light in BRIGHT])
+    tp = fp = fn = 0
+    for i in range(fields):
+        images, truth = cam.render_set(i)
+        boxes = locate_cells(images["fluorescent"], um_per_px=est.um_per_px)
+        # a cell the truth calls cut by the border is neither to be found nor a false find (an "ignore" cell)
+        cut = [c.box for c in truth if c.cut_by_border]
+        ignored = {i for i, _ in greedy_match(boxes, cut)}
+        s = detection_scores([b for k, b in enumerate(boxes) if k not in ignored], [c.box for c in truth if not c.cut_by_border])
+        tp, fp, fn = tp + s["tp"], fp + s["fp"], fn + s["fn"]
+    return {"scale": scale, "true_um_per_px": round(cam.um_per_px, 4), "estimate": est.describe(),
+            "estimate_error_pct": round(100 * (est.um_per_px / cam.um_per_px - 1), 1),
+            "recall": round(tp / (tp + fn), 4), "precision": round(tp / max(tp + fp, 1), 4), "tp": tp, "fp": fp, "fn": fn}
+
+
+def real(root: Path) -> dict:
+    from wbc_edge.data.images import read_image
+    from wbc_edge.data.smear_frames import convert_smear_frames
+
+    with tempfile.TemporaryDirectory(prefix="wbc-real-") as tmp:
+        out = convert_smear_frames(root / "images", root / "boxes.csv", Path(tmp) / "sets")
+        sets = [json.loads(x) for x in (out / "truth.jsonl").read_text().splitlines()]
+        frame = lambda i: read_image(out / "frames" / f"{i:06d}.png")  # noqa: E731
+        est = estimate_scale([frame(s["frames"][k]) for s in sets[:3] for k in (1, 2, 3)])
+        tp = fp = fn = 0
+        unmatched = []
+        t_locate = 0.0
+        for s in sets:
+            img = frame(s["frames"][0])
+            t0 = time.perf_counter()
+            boxes = locate_cells(img, um_per_px=est.um_per_px)
+            t_locate += time.perf_counter() - t0
+            truth = [c["box"] for c in s["cells"]]
+            matched = {i for i, _ in greedy_match(boxes, truth)}
+            unmatched += [(s["source_file"], list(b.box), round(b.intensity)) for i, b in enumerate(boxes) if i not in matched]
+            sc = detection_scores(boxes, truth)
+            tp, fp, fn = tp + sc["tp"], fp + sc["fp"], fn + sc["fn"]
+    return {"frames": len(sets), "labelled_cells": tp + fn, "estimate": est.describe(),
+            "recall": round(tp / (tp + fn), 4), "precision_vs_labels": round(tp / max(tp + fp, 1), 4), "tp": tp, "fp": fp,
+            "fn": fn, "locate_ms_per_frame": round(1000 * t_locate / len(sets), 1), "unmatched_detections": unmatched}
+
+
+def sets_per_second(width: int, height: int, scale: float, n_sets: int, work: float | None) -> dict:
+    from wbc_edge.cli.run import default_model
+    from wbc_edge.runtime.assembler import LightCycleAssembler
+    from wbc_edge.runtime.locator import crop_cells
+    from wbc_edge.runtime.pipeline import Analyzer
+    from wbc_edge.runtime.sources import Frame
+
+    cam = SyntheticCamera(seed=7, width=width, height=height, scale=scale)
+    distinct = [cam.render_set(i)[0] for i in range(min(n_sets, 3))]
+    with Analyzer(default_model(), backend="onnxruntime", profile=cam.um_per_px, intra_op_threads=2) as an:
+        an.runner.infer({an.spec.input_name: np.zeros(an.spec.input_shape(1), np.uint8)})  # warm
+        assembler = LightCycleAssembler(an.light_order)
+        seconds = dict.fromkeys(("assemble", "locate", "crop", "infer"), 0.0)
+        cells = 0
+        index = 0
+        t_all = time.perf_counter()
+        for k in range(n_sets):
+            images = distinct[k % len(distinct)]
+            t0 = time.perf_counter()
+            sets = []
+            for light in an.light_order:
+                sets += assembler.push(Frame(index, index / 30.0, images[light], light))
+                index += 1
+            seconds["assemble"] += time.perf_counter() - t0
+            for s in sets:
+                t0 = time.perf_counter()
+                boxes = locate_cells(s.images["fluorescent"], um_per_px=an.um_per_px, work_um_per_px=work)
+                seconds["locate"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                batch, kept = crop_cells(s, boxes, an.crop_px, an.spec)
+                seconds["crop"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                for start in range(0, len(batch), 32):
+                    an.runner.infer({an.spec.input_name: batch[start : start + 32]})
+                seconds["infer"] += time.perf_counter() - t0
+                cells += len(kept)
+        wall = time.perf_counter() - t_all
+    return {"frame": f"{width}x{height}", "scale": scale, "um_per_px": round(cam.um_per_px, 4),
+            "locate_at": "sensor" if work == 0 else "model resolution", "sets": n_sets, "cells": cells,
+            "sets_per_s": round(n_sets / wall, 2), "ms_per_set": {k: round(1000 * v / n_sets, 1) for k, v in seconds.items()},
+            "precision": an.runner.precision}
+
+
+class _MemorySource:
+    """Frames already in memory, as a camera driver hands them over (no decoding)."""
+
+    def __init__(self, frames: list):
+        self._frames, self._i, self.uri = frames, 0, "memory"
+
+    def read(self, timeout: float = 1.0):
+        if self._i >= len(self._frames):
+            return None
+        self._i += 1
+        return self._frames[self._i - 1]
+
+    @property
+    def is_streaming(self) -> bool:
+        return self._i < len(self._frames)
+
+    def close(self) -> None:
+        pass
+
+
+def analyzer_sets_per_second(width: int, height: int, scale: float, n_sets: int) -> dict:
+    """The threaded Analyzer end to end (capture, prepare, infer and output threads) on in-memory frames."""
+    from wbc_edge.cli.run import default_model
+    from wbc_edge.runtime.pipeline import Analyzer
+    from wbc_edge.runtime.sources import Frame
+
+    cam = SyntheticCamera(seed=7, width=width, height=height, scale=scale)
+    distinct = [cam.render_set(i)[0] for i in range(min(n_sets, 3))]
+    frames = [Frame(4 * k + j, (4 * k + j) / 30.0, distinct[k % len(distinct)][light], light)
+              for k in range(n_sets) for j, light in enumerate(("fluorescent", "color1", "color2", "color3"))]
+    with Analyzer(default_model(), backend="onnxruntime", profile=cam.um_per_px, intra_op_threads=2) as an:
+        an.runner.infer({an.spec.input_name: np.zeros(an.spec.input_shape(1), np.uint8)})
+        first: list[float] = []
+        t0 = time.perf_counter()
+        summary = an.analyze(_MemorySource(frames), on_set=lambda *_: first or first.append(time.perf_counter()))
+        end = time.perf_counter()
+    # the start reads three light cycles to check the profile against the red cells: a one-off cost
+    return {"frame": f"{width}x{height}", "scale": scale, "sets": int(summary.sets), "cells": int(summary.total_cells),
+            "start_to_first_set_s": round(first[0] - t0, 2),
+            "analyzer_sets_per_s_after_first": round((summary.sets - 1) / (end - first[0]), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--real", type=Path, default=None, help="a folder with images/ and boxes.csv (chula_frames)")
+    p.add_argument("--fps-sets", type=int, default=12)
+    p.add_argument("--skip", default="", help="comma list of parts to skip: sim, real, fps")
+    a = p.parse_args(argv)
+    skip = set(a.skip.split(","))
+    out: dict = {}
+    if "sim" not in skip:
+        out["simulator"] = [simulator(s) for s in (0.5, 1.0, 2.0)]
+    if a.real and "real" not in skip:
+        out["real"] = real(a.real)
+    if "fps" not in skip:
+        out["fps"] = [sets_per_second(640, 480, 1.0, a.fps_sets, None),
+                      sets_per_second(2448, 2048, 2.0, a.fps_sets, None),
+                      sets_per_second(2448, 2048, 2.0, a.fps_sets, 0.0),
+                      analyzer_sets_per_second(640, 480, 1.0, a.fps_sets),
+                      analyzer_sets_per_second(2448, 2048, 2.0, a.fps_sets)]
+    json.dump(out, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
