@@ -198,7 +198,7 @@ def bundle(tmp_path):
 
 
 def test_from_bundle_builds_at_activation_then_reuses_the_cache(bundle, tmp_path, monkeypatch):
-    from wbc_edge.export import tensorrt as trtx
+    from wbc_edge.runtime.backends import tensorrt_build as trtx
 
     monkeypatch.setattr(trtx, "query_gpu", lambda: ("Fake Orin", "8.7"))
     trt = fakes.make_fake_tensorrt("10.3.0")
@@ -217,7 +217,7 @@ def test_from_bundle_builds_at_activation_then_reuses_the_cache(bundle, tmp_path
 
 
 def test_cached_engine_tensorrt_refuses_is_evicted_and_rebuilt(bundle, tmp_path, monkeypatch, caplog):
-    from wbc_edge.export import tensorrt as trtx
+    from wbc_edge.runtime.backends import tensorrt_build as trtx
 
     monkeypatch.setattr(trtx, "query_gpu", lambda: ("Fake Orin", "8.7"))
     trt = fakes.make_fake_tensorrt("10.3.0")
