@@ -247,6 +247,10 @@ def make_fake_pycuda_driver(heap: HostHeap | None = None, integrated: bool = Fal
         def get_device_pointer(self):
             return self.addr  # unified memory: the device sees the host address
 
+        def __del__(self):  # pycuda frees page-locked memory when the last array using it is collected
+            if self.addr in heap.blocks:
+                heap.free(self.addr)
+
     def pagelocked_empty(shape, dtype, order="C", mem_flags=0):
         drv.calls.append(("pagelocked_empty", tuple(shape), mem_flags))
         if mem_flags == drv.host_alloc_flags.DEVICEMAP:
@@ -284,7 +288,9 @@ class _MappedArray(np.ndarray):
     """pycuda's pagelocked arrays have their HostAllocation as `.base`; this stand-in does the same."""
 
     def __array_finalize__(self, obj):
-        self._alloc = getattr(obj, "_alloc", None)
+        # views keep the allocation (as numpy's base chain does); copies own new memory and do not
+        shares = obj is not None and self.size and np.may_share_memory(self, obj)
+        self._alloc = getattr(obj, "_alloc", None) if shares else None
 
     @property
     def base(self):
