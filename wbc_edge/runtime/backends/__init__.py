@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 PRECISIONS = precisions.CHOICES
 
-__all__ = ["BACKENDS", "PRECISIONS", "Runner", "open_backend", "gate_verdict", "tensorrt_available"]
+__all__ = ["BACKENDS", "PRECISIONS", "Runner", "open_backend", "open_engine", "gate_verdict", "tensorrt_available"]
 
 
 def tensorrt_available() -> tuple[bool, str]:
@@ -87,6 +87,35 @@ def _pick_precision(bundle: Bundle, target: str, precision: str, tensorrt_versio
     return "fp32", "; ".join(notes) or "default"
 
 
+def _engine_gate_choice(bundle: Bundle, engine_cache: str | None) -> tuple[str, str] | None:
+    """The precision the engine gate chose on this device (`wbc-export compare --backend tensorrt`), if any."""
+    from wbc_edge.runtime.backends import tensorrt_build as tb  # noqa: PLC0415
+
+    try:
+        choice = tb.recorded_choice(tb.EngineCache(engine_cache), bundle, tb.current_target())
+    except BackendUnavailable:
+        return None
+    if choice is None:
+        return None
+    return choice["precision"], f"chosen on this device by the engine gate and timing ({choice['why']}; {choice['path']})"
+
+
+def open_engine(bundle: Bundle | str, engine_path: str, trt_module: Any = None, **kw: Any) -> Runner:
+    """`wbc-run --engine FILE`: an inactive runner on a prebuilt engine, checked against the bundle, TensorRT and GPU."""
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.open(bundle)
+    ok, why = tensorrt_available() if trt_module is None else (True, "given")
+    if not ok:
+        raise BackendUnavailable(f"--engine {engine_path}: {why}")
+    from wbc_edge.runtime.backends.tensorrt import TensorRTRunner  # noqa: PLC0415
+
+    runner = TensorRTRunner.from_engine_file(engine_path, bundle, trt_module=trt_module, **kw)
+    meta = runner.engine_meta
+    runner.choice_reason = (f"backend tensorrt (prebuilt engine {engine_path}), precision {runner.precision} "
+                            f"(built by TensorRT {meta.get('tensorrt_version')} on {meta.get('gpu_name')}, batch {meta.get('batch_range')})")
+    return runner
+
+
 def open_backend(bundle: Bundle | str, backend: str = "auto", precision: str = "auto",
                  intra_op_threads: int | None = None, engine_cache: str | None = None) -> Runner:
     """An inactive runner for the bundle; call `activate()` (or use it as a context manager).
@@ -115,7 +144,11 @@ def open_backend(bundle: Bundle | str, backend: str = "auto", precision: str = "
             backend, why_backend = "onnxruntime", why
     runner: Runner
     if backend == "tensorrt":
-        prec, why_prec = _pick_precision(bundle, "tensorrt", precision)
+        choice = _engine_gate_choice(bundle, engine_cache) if precision == "auto" else None
+        if choice is not None:
+            prec, why_prec = choice
+        else:
+            prec, why_prec = _pick_precision(bundle, "tensorrt", precision)
         try:
             from wbc_edge.runtime.backends.tensorrt import TensorRTRunner
         except ImportError as e:

@@ -109,7 +109,7 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def from_bundle(cls, bundle: Any, precision: str = "fp16", cache: Any = None, batch_range: Sequence[int] | None = None,
-                    fp16_source: str = "auto", **kw: Any) -> "TensorRTRunner":
+                    fp16_source: str = "auto", target: Any = None, **kw: Any) -> "TensorRTRunner":
         """A runner whose engine comes from the engine cache, built from the bundle's ONNX on first use.
 
         precision: 'fp32', 'fp16', 'int8' or 'int8-trt'; cache: an EngineCache, a cache folder, or None
@@ -127,7 +127,8 @@ class TensorRTRunner(Runner):
         state: dict[str, str] = {}
 
         def load() -> bytes:
-            engine, key = engine_from_bundle(bundle, engine_precision, engine_cache, batches, fp16_source=fp16_source, trt_module=trt_module)
+            engine, key = engine_from_bundle(bundle, engine_precision, engine_cache, batches, fp16_source=fp16_source, trt_module=trt_module,
+                                             target=target)
             state["key"] = key
             return engine
 

@@ -723,6 +723,36 @@ def engine_from_bundle(bundle: Any, precision: str, cache: EngineCache | None = 
     )
 
 
+def _choice_path(cache: EngineCache, bundle: Any, target: Target) -> Path:
+    key = hashlib.sha256(json.dumps([bundle.member_sha256(_MEMBER["fp32"]), asdict(target)], sort_keys=True).encode()).hexdigest()[:24]
+    return cache.root / "choices" / f"auto-{key}.json"
+
+
+def record_choice(cache: EngineCache, bundle: Any, precision: str, why: str, report: dict[str, Any] | None = None,
+                  target: Target | None = None) -> Path:
+    """Keep the engine gate's `auto` choice for this bundle on this TensorRT and GPU (read by open_backend)."""
+    target = target if target is not None else current_target()
+    path = _choice_path(cache, bundle, target)
+    body = {"precision": precision, "why": why, **asdict(target), "bundle": str(bundle.path), "created_unix": int(time.time()),
+            "engines": (report or {}).get("engines")}
+    atomic_write_text(path, json.dumps(body, indent=2, sort_keys=True))
+    return path
+
+
+def recorded_choice(cache: EngineCache, bundle: Any, target: Target) -> dict[str, Any] | None:
+    """The recorded `auto` choice for this bundle and target, or None (none made here, or unreadable)."""
+    path = _choice_path(cache, bundle, target)
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        log.warning("engine gate choice %s: unreadable (%s), ignored", path, e)
+        return None
+    body["path"] = str(path)
+    return body
+
+
 def parse_engine_list(text: str) -> list[str]:
     """'fp16,int8' -> ['fp16', 'int8'] (the `--engine` option); 'int8-trt' is accepted for 'int8'."""
     names = [t.strip() for t in str(text).split(",") if t.strip()]
