@@ -38,6 +38,7 @@ class DeviceCheckOptions:
     cache: Path | None = None
     rounds: int = 20
     max_drop: float = 1.0
+    lint: bool = True  # polygraphy check lint on every ONNX member
     trt_module: Any = field(default=None, repr=False)  # tests: a stand-in tensorrt
     memory: Any = field(default="auto", repr=False)  # tests: a CudaMemory factory
     target: Any = field(default=None, repr=False)
@@ -143,13 +144,41 @@ def run_device_check(opts: DeviceCheckOptions, progress: Callable[[str], None] =
     for runner in runners.values():
         runner.deactivate()
 
-    member = bundle.has("model.int8-trt.onnx") and "model.int8-trt.onnx"
-    rows.append(_row("cross-check", "polygraphy", "not run", detail="run by hand on the device (docs/tensorrt.md)",
-                     commands=[f"polygraphy run {member or 'model.int8-trt.onnx'} --trt --int8 --onnxrt --atol 1e-2 --rtol 1e-2",
-                               "polygraphy run model.fp32.onnx --trt --fp16 --onnxrt", "polygraphy check lint model.int8-trt.onnx"]))
+    if opts.lint:
+        rows += _polygraphy_lint(bundle)
+    shape = f"--input-shapes {spec.input_name}:[{','.join(str(d) for d in spec.input_shape(opt))}]"
+    rows.append(_row("cross-check", "polygraphy", "not run", detail="run by hand on the device, members extracted from the bundle (docs/tensorrt.md)",
+                     commands=["polygraphy check lint model.int8-trt.onnx",
+                               f"polygraphy run model.int8-trt.onnx --trt --int8 --onnxrt {shape} --atol 1e-2 --rtol 1e-2",
+                               f"polygraphy run model.fp32.onnx --trt --fp16 --onnxrt {shape}"]))
     return {"environment": env, "options": {"engines": list(opts.engines), "batch_range": list(opts.batch_range),
                                             "workspace_mb": opts.workspace_mb, "data": str(opts.data) if opts.data else None},
             "rows": rows, "created_unix": int(time.time())}
+
+
+def _polygraphy_lint(bundle: Bundle) -> list[dict[str, Any]]:
+    """`polygraphy check lint` on every ONNX member (needs no TensorRT, so it runs here too), if installed."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    exe = shutil.which("polygraphy", path=str(Path(sys.executable).parent)) or shutil.which("polygraphy")
+    if exe is None:
+        return [_row("cross-check", "polygraphy check lint", "not run", detail="polygraphy is not installed (pip install polygraphy onnx-graphsurgeon)")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in bundle.precisions:
+            member = Path(tmp) / f"model.{precision}.onnx"
+            member.write_bytes(bundle.model_bytes(precision))
+            try:
+                done = subprocess.run([exe, "check", "lint", str(member)], capture_output=True, text=True, timeout=300)
+            except (OSError, subprocess.SubprocessError) as e:
+                rows.append(_row("cross-check", f"polygraphy check lint {member.name}", "failed", detail=_why(e)))
+                continue
+            last = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+            rows.append(_row("cross-check", f"polygraphy check lint {member.name}", "ok" if done.returncode == 0 else "failed", detail=last[0][:200]))
+    return rows
 
 
 def _run(runner: Any, spec: Any, inputs: np.ndarray, batch: int) -> dict[str, np.ndarray]:
