@@ -105,3 +105,22 @@ def test_wbc_engine_build_bad_options_are_one_line_errors(bundle_path, tmp_path,
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert "build_serialized_network" not in trt.rec.names()
+
+
+def test_with_data_the_engine_gate_runs_and_auto_is_chosen_and_recorded(bundle_path, tmp_path, monkeypatch):
+    import wbc_edge.export.gate as gate
+
+    trt = fakes.make_fake_tensorrt("10.3.0")
+    rt = fakes.make_fake_cudart(trt.heap)
+    x = np.random.default_rng(2).integers(0, 256, SPEC.input_shape(24), dtype=np.uint8)
+    # labels = what the stand-in engines predict, so every engine passes by construction
+    labels = fakes.fake_model_outputs(x, trt.n_heads, trt.n_classes)[0].argmax(1)
+    monkeypatch.setattr(gate, "dataset_inputs", lambda data, spec: (x, labels))
+    report = run_device_check(DeviceCheckOptions(model=bundle_path, out=tmp_path / "dc", data=tmp_path / "cells", cache=tmp_path / "cache",
+                                                 rounds=2, trt_module=trt, target=ORIN, memory=lambda: cm.CudaPythonMemory(cudart=rt),
+                                                 lint=False, max_drop=100.0))
+    gate_rows = {r["name"]: r for r in report["rows"] if r["section"] == "engine gate"}
+    assert set(gate_rows) == {"trt-fp32", "trt-fp16", "trt-int8"}
+    (auto,) = [r for r in report["rows"] if r["section"] == "auto precision"]
+    assert auto["precision"] in ("fp16", "int8-trt") and "passed the engine gate" in auto["why"]
+    assert tb.recorded_choice(tb.EngineCache(tmp_path / "cache"), Bundle.open(bundle_path), ORIN)["precision"] == auto["precision"]

@@ -141,6 +141,15 @@ def run_device_check(opts: DeviceCheckOptions, progress: Callable[[str], None] =
             if key.startswith("trt-"):
                 rows.append(_row("engine gate", key, "ok" if r["passed"] else "failed", weighted_f1=r["weighted_f1"],
                                  weighted_f1_drop=r["weighted_f1_drop"], agreement_with_fp32=r["agreement_with_fp32"]))
+        # auto on TensorRT: the fastest engine that passed, by this run's timings; recorded for wbc-run.
+        from wbc_edge.export.engine_gate import choose_precision
+
+        timings = {r["name"].split()[-1]: r["median_ms_per_batch"] for r in rows if r["section"] == "benchmark" and r["status"] == "ok"}
+        report["engines"] = {e: {"passed": report["precisions"][f"trt-{e}"]["passed"], "median_ms_per_batch": timings.get(e), "batch": opt}
+                             for e in runners if e != "fp32"}
+        precision, reason = choose_precision(report)
+        recorded = tb.record_choice(cache, bundle, precision, reason, report, target)
+        rows.append(_row("auto precision", "tensorrt", "ok", precision=precision, why=reason, recorded=str(recorded)))
     for runner in runners.values():
         runner.deactivate()
 
