@@ -23,6 +23,8 @@ _LAZY = {
     "compare_bundle": "wbc_edge.export.pipeline",
     "ExportOptions": "wbc_edge.export.pipeline",
     "build_engine": "wbc_edge.runtime.backends.tensorrt_build",
+    "compare_engines": "wbc_edge.export.engine_gate",
+    "check_qdq_placement": "wbc_edge.export.qdq_rules",
 }
 
 __all__ = sorted(_LAZY)
