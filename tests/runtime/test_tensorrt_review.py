@@ -256,3 +256,26 @@ def test_tensorrt_extras_pin_cuda_python_per_cuda_major_and_keep_torch_out():
         assert any(r.startswith("cuda-python") and f">={major}" in r and f"<{major + 1}" in r for r in reqs), reqs
         assert not any("torch" in r for r in reqs), "the TensorRT runtime extras stay torch-free"
     assert any(r.startswith("torch-tensorrt") for r in extras["torch-tensorrt"])
+
+
+def test_mapped_memory_the_driver_refuses_falls_back_to_copies(caplog):
+    import logging
+
+    trt = fakes.make_fake_tensorrt("10.3.0")
+    drv = fakes.make_fake_pycuda_driver(trt.heap, integrated=True)
+
+    class LogicError(Exception):
+        pass
+
+    def refuse_devicemap(shape, dtype, order="C", mem_flags=0):
+        if mem_flags:
+            raise LogicError("cuMemHostAlloc failed: invalid argument")
+        return np.empty(shape, dtype)
+
+    drv.pagelocked_empty = refuse_devicemap
+    with caplog.at_level(logging.WARNING), TensorRTRunner(engine_bytes(trt), SPEC, memory=lambda: cm.PycudaMemory(driver=drv), trt_module=trt) as runner:
+        assert not runner._memory.zero_copy and not any(b.zero_copy for b in runner._bindings.values())
+        x = pixels(3, seed=5)
+        np.testing.assert_allclose(runner.infer({"pixels": x})["probs"], fakes.fake_model_outputs(x, 4, 5)[0], rtol=1e-6)
+    assert "mapped host memory refused" in caplog.text
+    assert [c[0] for c in drv.calls if c[0] in ("htod", "dtoh")] == ["htod", "dtoh", "dtoh"]

@@ -187,18 +187,8 @@ class TensorRTRunner(Runner):
                 specs, self.batch_range = binding_shapes(self._engine, trt)
                 names = self._engine_io_names([(n, i, s) for n, i, _, s in specs])
                 self._stream = self._memory.create_stream()
-                self._bindings = {}
-                zero_copy = self._memory.zero_copy
-                for engine_name, is_input, dtype, shape in specs:
-                    if engine_name not in names:
-                        continue  # an extra engine output the spec does not name: left unbound is an error below
-                    if zero_copy:  # integrated GPU: the pinned host buffer is the device buffer
-                        host, device = self._memory.mapped_empty(shape, dtype)
-                    else:
-                        host = self._memory.pinned_empty(shape, dtype)
-                        device = self._memory.device_alloc(host.nbytes)
-                    name = names[engine_name]
-                    self._bindings[name] = TensorBinding(name, is_input, dtype, shape, host, device, engine_name, zero_copy)
+                wanted = [s for s in specs if s[0] in names]
+                self._bindings = self._allocate(wanted, names, zero_copy=self._memory.zero_copy)
                 self._context = self._engine.create_execution_context()
                 if self._context is None:
                     raise BackendUnavailable(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
@@ -210,6 +200,29 @@ class TensorRTRunner(Runner):
             raise
         log.info("%s: engine ready, batch %d..%d, CUDA memory via %s%s", self.name, *self.batch_range, self._memory.name,
                  " (zero-copy mapped host memory)" if self._memory.zero_copy else "")
+
+    def _allocate(self, specs: list, names: dict[str, str], zero_copy: bool) -> dict[str, TensorBinding]:
+        """One host and one device buffer per tensor; on an integrated GPU one mapped buffer (zero-copy).
+
+        Mapped memory that the driver refuses (a context without host mapping) falls back to copies,
+        with a warning, rather than failing: zero-copy is an optimisation, not a requirement.
+        """
+        bindings = {}
+        try:
+            for engine_name, is_input, dtype, shape in specs:
+                if zero_copy:
+                    host, device = self._memory.mapped_empty(shape, dtype)
+                else:
+                    host = self._memory.pinned_empty(shape, dtype)
+                    device = self._memory.device_alloc(host.nbytes)
+                bindings[names[engine_name]] = TensorBinding(names[engine_name], is_input, dtype, shape, host, device, engine_name, zero_copy)
+        except Exception as e:  # pycuda raises its own driver errors; cuda-python ours (CudaError)
+            if not zero_copy:
+                raise
+            log.warning("%s: mapped host memory refused (%s); using device buffers and copies", self.name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            self._memory.zero_copy = False
+            return self._allocate(specs, names, zero_copy=False)
+        return bindings
 
     def _engine_io_names(self, io: list[tuple[str, bool, tuple[int, ...]]]) -> dict[str, str]:
         """{engine tensor name: spec name}. Engines from the ONNX carry the spec's names; a Torch-TensorRT
