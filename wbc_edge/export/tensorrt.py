@@ -8,6 +8,7 @@ module and so needs torch, is here. Its engines are cached under their own key (
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
 
@@ -21,13 +22,14 @@ from wbc_edge.runtime.backends.tensorrt_build import (  # noqa: F401  (export's 
     TensorRTOptionError,
     build_engine,
     import_tensorrt,
-    log,
     parse_batch_range,
     parse_engine_list,
     validate_options,
 )
 from wbc_edge.runtime.backends import tensorrt_build
 from wbc_edge.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 VIAS = ("onnx", "torch-tensorrt")
 
