@@ -9,7 +9,7 @@ from wbc_edge.errors import UsageError
 def test_every_reader_takes_its_names_from_the_table():
     from wbc_edge.bench.run import BACKEND_PRECISIONS
     from wbc_edge.cli.run import get_args_parser
-    from wbc_edge.export import tensorrt as trtx
+    from wbc_edge.runtime.backends import tensorrt_build as trtx
     from wbc_edge.runtime.backends import PRECISIONS as RUNTIME_CHOICES
 
     assert PRECISION_MEMBERS == {p.name: p.member for p in precisions.PRECISIONS}

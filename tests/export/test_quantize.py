@@ -120,3 +120,22 @@ def test_fp16_graph_keeps_fp32_io_and_matches(fp32_bytes, spec, val_data):
     row = report["precisions"]["fp16"]
     assert 0 < row["max_prob_diff"] < 0.02
     assert row["agreement_with_fp32"] >= 97
+
+
+# ---- Q/DQ placement for TensorRT (NVIDIA's guidance), checked by qdq_rules.check_qdq_placement --------
+def test_trt_variant_places_qdq_on_weighted_layer_inputs_only(int8):
+    from wbc_edge.export.qdq_rules import check_qdq_placement
+
+    assert check_qdq_placement(int8["trt"].onnx_bytes) == {"weighted_inputs_only": [], "logits_before_softmax": [], "concat_mixed": [], "residual_add": []}
+    model = onnx.load_from_string(int8["trt"].onnx_bytes)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    dq_consumers = {n.op_type for n in model.graph.node for i in n.input if i in producer and producer[i].op_type == "DequantizeLinear"}
+    assert dq_consumers <= {"Conv", "Gemm", "MatMul"}, dq_consumers
+
+
+def test_cpu_variant_keeps_qdq_around_every_op_and_the_checker_says_where(int8):
+    from wbc_edge.export.qdq_rules import check_qdq_placement
+
+    rules = check_qdq_placement(int8["cpu"].onnx_bytes)
+    assert rules["weighted_inputs_only"], "ONNX Runtime's x86 variant quantizes ReLU/pooling too; the rule sees it"
+    assert all("fed by a DequantizeLinear" in line for line in rules["weighted_inputs_only"])

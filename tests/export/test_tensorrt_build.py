@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from wbc_edge.errors import BackendUnavailable, UsageError, WbcError
-from wbc_edge.export import tensorrt as trtx
+from wbc_edge.runtime.backends import tensorrt_build as trtx
 from support import trt_fakes as fakes
 from wbc_edge.spec import spec_for
 
@@ -25,11 +25,12 @@ def graphs(trt_spec):
 
 # ---- plan_build: what each TensorRT major does with each precision ------------------------------
 @pytest.mark.parametrize("version", ["10.0.1", "10.3.0.30", "10.15.1"])
-def test_plan_on_10x_uses_builder_flags_on_weakly_typed_networks(version):
+def test_plan_on_10x_fp16_flag_is_weakly_typed_but_qdq_int8_is_strongly_typed(version):
     fp16 = trtx.plan_build(version, "fp16")
     assert (fp16.onnx_member, fp16.builder_flags, fp16.network_flags, fp16.strongly_typed) == ("model.fp32.onnx", ("FP16",), (), False)
     int8 = trtx.plan_build(version, "int8")
-    assert (int8.onnx_member, int8.builder_flags, int8.needs_qdq) == ("model.int8-trt.onnx", ("INT8",), True)
+    assert (int8.onnx_member, int8.builder_flags, int8.network_flags, int8.strongly_typed, int8.needs_qdq) == (
+        "model.int8-trt.onnx", (), ("STRONGLY_TYPED",), True, True)
     fp32 = trtx.plan_build(version, "fp32")
     assert (fp32.onnx_member, fp32.builder_flags) == ("model.fp32.onnx", ())
     graph = trtx.plan_build(version, "fp16", fp16_source="graph")
@@ -133,10 +134,21 @@ def test_build_on_10x_fp16_sets_fp16_flag_workspace_and_profile(trt_spec, graphs
     assert engine.startswith(fakes.MAGIC + b"10.3.0|")
 
 
-def test_build_on_10x_int8_sets_int8_flag_for_the_qdq_graph(trt_spec, graphs):
+def test_build_on_10x_int8_is_a_strongly_typed_qdq_network_without_the_int8_flag(trt_spec, graphs):
     fake = fakes.make_fake_tensorrt("10.3.0")
     trtx.build_engine(graphs["qdq"], trt_spec, "int8", trt_module=fake)
-    assert fake.rec.args("set_flag") == [(fake.BuilderFlag.INT8,)]
+    assert fake.rec.args("create_network") == [(1 << fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED,)]
+    assert fake.rec.args("set_flag") == []  # the fake, like TensorRT, fails a strongly typed build with INT8 set
+
+
+def test_a_build_with_precision_flags_on_a_strongly_typed_network_fails_in_one_line(trt_spec, graphs, monkeypatch):
+    # What the old plan did wrong would now be a failed build: the stand-in returns None as TensorRT does.
+    fake = fakes.make_fake_tensorrt("10.3.0")
+    bad = trtx.BuildPlan((10, 3, 0), "int8", "model.int8-trt.onnx", True, ("STRONGLY_TYPED",), ("INT8",), True, False)
+    monkeypatch.setattr(trtx, "plan_build", lambda *a, **k: bad)
+    with pytest.raises(trtx.TensorRTError, match="building the TensorRT 10.3.0 int8 engine .* failed") as e:
+        trtx.build_engine(graphs["qdq"], trt_spec, "int8", trt_module=fake)
+    assert "\n" not in str(e.value)
 
 
 def test_build_on_10x_strongly_typed_fp16_graph_sets_the_creation_flag(trt_spec, graphs):
@@ -202,14 +214,69 @@ def test_timing_cache_is_loaded_and_saved(trt_spec, graphs, tmp_path):
     assert saved == b"+timings"
     second = fakes.make_fake_tensorrt("10.3.0")
     trtx.build_engine(graphs["fp32"], trt_spec, "fp32", timing_cache=cache, trt_module=second)
-    assert second.rec.args("create_timing_cache") == [(saved,)]
-    assert cache.read_bytes() == saved + b"+timings"
+    # loaded, then at save the file is read again under the lock and merged with combine(), as Polygraphy does
+    assert second.rec.args("create_timing_cache") == [(saved,), (saved,)]
+    assert second.rec.args("combine") == [(saved, False)]
+    assert cache.read_bytes() == saved + b"|" + saved + b"+timings"
     assert not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_timing_cache_written_by_another_build_meanwhile_is_merged_not_overwritten(trt_spec, graphs, tmp_path, monkeypatch):
+    cache = tmp_path / "trt.cache"
+    fake = fakes.make_fake_tensorrt("10.3.0")
+    real_build = fake.Builder.build_serialized_network
+
+    def build_while_another_process_saves(self, network, config):
+        cache.write_bytes(b"OTHER")  # a concurrent build saved its timings after ours loaded the (empty) file
+        return real_build(self, network, config)
+
+    monkeypatch.setattr(fake.Builder, "build_serialized_network", build_while_another_process_saves)
+    trtx.build_engine(graphs["fp32"], trt_spec, "fp32", timing_cache=cache, trt_module=fake)
+    assert cache.read_bytes() == b"OTHER|+timings"  # both builds' timings survive
+    assert (tmp_path / "trt.cache.lock").is_file()
+
+
+def test_timing_cache_refused_by_tensorrt_fails_in_one_line(trt_spec, graphs, tmp_path):
+    fake = fakes.make_fake_tensorrt("10.3.0", refuse=("set_timing_cache",))
+    with pytest.raises(trtx.TensorRTError, match="timing cache .*trt.cache: TensorRT refused it") as e:
+        trtx.build_engine(graphs["fp32"], trt_spec, "fp32", timing_cache=tmp_path / "trt.cache", trt_module=fake)
+    assert "\n" not in str(e.value) and "build_serialized_network" not in fake.rec.names()
+
+
+def test_a_timing_cache_tensorrt_will_not_combine_is_replaced_with_a_warning(trt_spec, graphs, tmp_path, caplog):
+    cache = tmp_path / "trt.cache"
+    cache.write_bytes(b"FOREIGN")
+    fake = fakes.make_fake_tensorrt("10.3.0", refuse=("combine",))
+    with caplog.at_level(logging.WARNING):
+        trtx.build_engine(graphs["fp32"], trt_spec, "fp32", timing_cache=cache, trt_module=fake)
+    assert "not merged" in caplog.text and cache.read_bytes() == b"FOREIGN+timings"
+
+
+def test_optimization_level_and_dla_core_reach_the_builder_config(trt_spec, graphs):
+    fake = fakes.make_fake_tensorrt("10.3.0", dla_cores=2)
+    engine = trtx.build_engine(graphs["qdq"], trt_spec, "int8", trt_module=fake, optimization_level=5, dla_core=1)
+    body = __import__("json").loads(engine.split(b"|", 2)[2])
+    assert (body["optimization_level"], body["device"], body["dla_core"]) == (5, "DLA", 1)
+    assert fake.BuilderFlag.GPU_FALLBACK in body["flags"]  # layers DLA cannot run fall back to the GPU
+
+
+@pytest.mark.parametrize("kwargs, version, needle", [
+    ({"optimization_level": 6}, "10.3.0", "optimization_level 6"),
+    ({"dla_core": -1}, "10.3.0", "dla_core -1"),
+    ({"dla_core": 0}, "10.3.0", "this device has 0 DLA core"),
+    ({"dla_core": 0}, "11.4.1", "has no DLA support"),
+])
+def test_bad_optimization_level_or_dla_core_fail_before_the_build(trt_spec, graphs, kwargs, version, needle):
+    fake = fakes.make_fake_tensorrt(version)
+    graph = graphs["qdq"]
+    with pytest.raises(trtx.TensorRTError, match=needle):
+        trtx.build_engine(graph, trt_spec, "int8", trt_module=fake, **kwargs)
+    assert "build_serialized_network" not in fake.rec.names()
 
 
 def test_progress_monitor_logs_phases(trt_spec, graphs, caplog):
     fake = fakes.make_fake_tensorrt("10.3.0")
-    with caplog.at_level(logging.INFO, logger="wbc_edge.export.tensorrt"):
+    with caplog.at_level(logging.INFO, logger="wbc_edge.runtime.backends.tensorrt_build"):
         trtx.build_engine(graphs["fp32"], trt_spec, "fp32", trt_module=fake)
     assert "IProgressMonitor.__init__" in fake.rec.names()
     text = caplog.text
@@ -218,26 +285,30 @@ def test_progress_monitor_logs_phases(trt_spec, graphs, caplog):
 
 def test_without_a_progress_monitor_the_build_says_it_can_take_minutes(trt_spec, graphs, caplog):
     fake = fakes.make_fake_tensorrt("10.3.0", progress_monitor=False)
-    with caplog.at_level(logging.INFO, logger="wbc_edge.export.tensorrt"):
+    with caplog.at_level(logging.INFO, logger="wbc_edge.runtime.backends.tensorrt_build"):
         trtx.build_engine(graphs["fp32"], trt_spec, "fp32", trt_module=fake)
     assert "this can take minutes" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="wbc_edge.export.tensorrt"):
+    with caplog.at_level(logging.INFO, logger="wbc_edge.runtime.backends.tensorrt_build"):
         trtx.build_engine(graphs["fp32"], trt_spec, "fp32", progress=False, trt_module=fakes.make_fake_tensorrt("10.3.0"))
     assert "this can take minutes" in caplog.text
 
 
 def test_required_onnx_member_and_via_torch_tensorrt_int8_refused(trt_spec):
+    from wbc_edge.export import tensorrt as export_trt
+
     assert trtx.plan_build("10.3", "fp16").onnx_member == "model.fp32.onnx"
     assert trtx.plan_build("11.1", "fp16").onnx_member == "model.fp16.onnx"
     with pytest.raises(trtx.TensorRTError, match="--via torch-tensorrt"):
-        trtx.build_engine_via_torch_tensorrt(object(), trt_spec, "int8")
+        export_trt.build_engine_via_torch_tensorrt(object(), trt_spec, "int8")
 
 
 def test_via_torch_tensorrt_without_it_is_backend_unavailable(trt_spec, monkeypatch):
+    from wbc_edge.export import tensorrt as export_trt
+
     monkeypatch.setitem(__import__("sys").modules, "torch_tensorrt", None)
     with pytest.raises(BackendUnavailable, match="torch-tensorrt: not importable"):
-        trtx.build_engine_via_torch_tensorrt(object(), trt_spec, "fp16")
+        export_trt.build_engine_via_torch_tensorrt(object(), trt_spec, "fp16")
 
 
 def test_the_builder_module_imports_without_torch_or_tensorrt():
@@ -247,5 +318,5 @@ def test_the_builder_module_imports_without_torch_or_tensorrt():
     import sys
 
     code = ("import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None; "
-            "import wbc_edge.export.tensorrt as t; assert t.trt_version() is None")
+            "import wbc_edge.runtime.backends.tensorrt_build as t; assert t.trt_version() is None")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

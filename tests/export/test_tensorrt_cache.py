@@ -10,7 +10,7 @@ import pytest
 
 from wbc_edge.bundle import Bundle, sha256_bytes, write_bundle
 from wbc_edge.errors import UsageError
-from wbc_edge.export import tensorrt as trtx
+from wbc_edge.runtime.backends import tensorrt_build as trtx
 from support import trt_fakes as fakes
 from wbc_edge.spec import spec_for
 
@@ -199,26 +199,36 @@ def test_build_bundle_engines_fills_the_cache_the_runtime_reads(bundle, tmp_path
 
 
 def test_build_bundle_engines_option_errors(bundle, tmp_path):
+    from wbc_edge.export import tensorrt as export_trt
+
     fake = fakes.make_fake_tensorrt("10.3.0")
     with pytest.raises(trtx.TensorRTError, match="--via 'tflite'"):
-        trtx.build_bundle_engines(bundle, ["fp16"], tmp_path, via="tflite", trt_module=fake, target=ORIN)
+        export_trt.build_bundle_engines(bundle, ["fp16"], tmp_path, via="tflite", trt_module=fake, target=ORIN)
     with pytest.raises(trtx.TensorRTError, match="needs the PyTorch model"):
-        trtx.build_bundle_engines(bundle, ["fp16"], tmp_path, via="torch-tensorrt", trt_module=fake, target=ORIN)
+        export_trt.build_bundle_engines(bundle, ["fp16"], tmp_path, via="torch-tensorrt", trt_module=fake, target=ORIN)
     with pytest.raises(trtx.TensorRTError, match="workspace_mb"):
         trtx.build_bundle_engines(bundle, ["fp16"], tmp_path, workspace_mb=1, trt_module=fake, target=ORIN)
     assert "build_serialized_network" not in fake.rec.names()
 
 
-def test_build_bundle_engines_via_torch_tensorrt_uses_the_same_cache_key(bundle, tmp_path, monkeypatch):
+def test_torch_tensorrt_engines_have_their_own_cache_key_and_never_answer_for_the_onnx_build(bundle, tmp_path, monkeypatch):
+    from wbc_edge.export import tensorrt as export_trt
+
     fake = fakes.make_fake_tensorrt("11.4.1")
     target = trtx.Target("11.4.1", "Orin", "8.7")
     compiled = []
-    monkeypatch.setattr(trtx, "build_engine_via_torch_tensorrt", lambda module, spec, prec, br: (compiled.append((module, prec, br)), b"tt-engine")[1])
+    monkeypatch.setattr(export_trt, "build_engine_via_torch_tensorrt", lambda module, spec, prec, br: (compiled.append((module, prec, br)), b"tt-engine")[1])
     cache = trtx.EngineCache(tmp_path)
-    (row,) = trtx.build_bundle_engines(bundle, ["fp16"], cache, via="torch-tensorrt", torch_module="MODULE", trt_module=fake, target=target)
+    (row,) = export_trt.build_bundle_engines(bundle, ["fp16"], cache, via="torch-tensorrt", torch_module="MODULE", trt_module=fake, target=target)
     assert compiled == [("MODULE", "fp16", (1, 8, 32))] and "parse" not in fake.rec.names()
+    assert row["build_path"] == "torch-tensorrt"
+    assert json.loads(cache.sidecar_path(row["key"]).read_text())["build_path"] == "torch-tensorrt"
+    # the runtime's lookup (ONNX build path) does not get the torch-tensorrt engine: it builds its own
     engine, key = trtx.engine_from_bundle(bundle, "fp16", cache, trt_module=fake, target=target)
-    assert engine == b"tt-engine" and key == row["key"]
+    assert key != row["key"] and engine != b"tt-engine" and fake.rec.names().count("parse") == 1
+    # and the torch-tensorrt engine is found again under its own key, without a rebuild
+    export_trt.build_bundle_engines(bundle, ["fp16"], cache, via="torch-tensorrt", torch_module="MODULE", trt_module=fake, target=target)
+    assert len(compiled) == 1
 
 
 def test_engine_options_on_the_command_line_are_checked_before_any_work(tmp_path, capsys):

@@ -93,18 +93,24 @@ def test_auto_precision_per_target(tmp_path, rt_spec, rt_fakes):
     b = Bundle.open(write_bundle(tmp_path / "all.wbc", rt_spec, {
         "model.fp32.onnx": model, "model.int8-cpu.onnx": model, "model.int8-trt.onnx": model,
         "model.fp16.onnx": model, "accuracy.json": json.dumps(gate).encode()}))
-    assert _pick_precision(b, "tensorrt", "auto")[0] == "int8-trt"
+    assert _pick_precision(b, "tensorrt", "auto", "10.3.0")[0] == "int8-trt"
     assert _pick_precision(b, "onnxruntime-cpu", "auto")[0] == "fp32"  # its int8 failed the gate
     assert _pick_precision(b, "onnxruntime-cuda", "auto")[0] == "fp16"
-    assert _pick_precision(b, "tensorrt", "int8")[0] == "int8-trt"
+    assert _pick_precision(b, "tensorrt", "int8", "11.4.1")[0] == "int8-trt"
 
 
-def test_tensorrt_can_pick_fp16_without_an_fp16_member(rt_bundle):
+def test_tensorrt_10_builds_fp16_from_fp32_and_says_so_but_11_never_picks_a_precision_the_bundle_lacks(rt_bundle):
     from wbc_edge.runtime.backends import _pick_precision
 
     b = Bundle.open(rt_bundle[0])  # fp32 + int8-cpu only
-    assert _pick_precision(b, "tensorrt", "auto")[0] == "fp16"
-    assert _pick_precision(b, "tensorrt", "fp16")[0] == "fp16"
+    prec, why = _pick_precision(b, "tensorrt", "auto", "10.3.0")
+    assert prec == "fp16" and "model.fp32.onnx + BuilderFlag.FP16" in why and "not the graph the gate checked" in why
+    assert _pick_precision(b, "tensorrt", "fp16", "10.3.0")[0] == "fp16"
+    # TensorRT 11 is strongly typed only: FP16 needs model.fp16.onnx, which this bundle lacks
+    prec, why = _pick_precision(b, "tensorrt", "auto", "11.4.1")
+    assert prec == "fp32" and "TensorRT cannot build fp16" in why
+    with pytest.raises(BundleError, match="cannot build fp16"):
+        _pick_precision(b, "tensorrt", "fp16", "11.4.1")
     with pytest.raises(BundleError, match="no fp16"):
         _pick_precision(b, "onnxruntime-cpu", "fp16")
 

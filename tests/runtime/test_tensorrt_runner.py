@@ -198,7 +198,7 @@ def bundle(tmp_path):
 
 
 def test_from_bundle_builds_at_activation_then_reuses_the_cache(bundle, tmp_path, monkeypatch):
-    from wbc_edge.export import tensorrt as trtx
+    from wbc_edge.runtime.backends import tensorrt_build as trtx
 
     monkeypatch.setattr(trtx, "query_gpu", lambda: ("Fake Orin", "8.7"))
     trt = fakes.make_fake_tensorrt("10.3.0")
@@ -217,7 +217,7 @@ def test_from_bundle_builds_at_activation_then_reuses_the_cache(bundle, tmp_path
 
 
 def test_cached_engine_tensorrt_refuses_is_evicted_and_rebuilt(bundle, tmp_path, monkeypatch, caplog):
-    from wbc_edge.export import tensorrt as trtx
+    from wbc_edge.runtime.backends import tensorrt_build as trtx
 
     monkeypatch.setattr(trtx, "query_gpu", lambda: ("Fake Orin", "8.7"))
     trt = fakes.make_fake_tensorrt("10.3.0")
@@ -346,10 +346,26 @@ def test_cuda_error_codes_become_one_line_errors():
 
 def test_importing_the_backend_pulls_in_neither_tensorrt_nor_torch_nor_export():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None; "
-            "import wbc_edge.runtime.backends.tensorrt, wbc_edge.runtime.backends.cuda_memory; "
+            "import wbc_edge.runtime.backends.tensorrt, wbc_edge.runtime.backends.cuda_memory, wbc_edge.runtime.backends.tensorrt_build; "
             "bad = [m for m in ('pycuda', 'cuda', 'wbc_edge.export', 'wbc_edge.export.tensorrt') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_no_runtime_module_imports_export_so_there_is_no_export_runtime_export_cycle():
+    # Read the imports (module level and inside functions) of every runtime module: export may use the
+    # runtime's engine layer, never the reverse.
+    import ast
+    from pathlib import Path
+
+    import wbc_edge.runtime as runtime_pkg
+
+    offenders = []
+    for path in Path(runtime_pkg.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith(("wbc_edge.export", "wbc_edge.train"))]
+    assert offenders == []
 
 
 # ---- real TensorRT: only on a CUDA host with tensorrt --------------------------------------------

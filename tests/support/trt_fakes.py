@@ -14,6 +14,7 @@ import importlib.util
 import json
 import threading
 import types
+import weakref
 
 import numpy as np
 
@@ -60,8 +61,15 @@ class HostHeap:
         return raw.view(dtype).reshape(shape)
 
 
-def make_fake_cudart(heap: HostHeap | None = None):
-    """A cuda-python `runtime` module: every call returns (err, value...) as the real one does."""
+CUDA_ERROR_INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver: cuda-bindings 13 on a CUDA 12 driver
+
+
+def make_fake_cudart(heap: HostHeap | None = None, integrated: bool = False, driver_too_old: bool = False):
+    """A cuda-python `runtime` module: every call returns (err, value...) as the real one does.
+
+    integrated: report cudaDevAttrIntegrated/CanMapHostMemory = 1 (a Jetson). driver_too_old: every call
+    returns cudaErrorInsufficientDriver, as cuda-bindings 13.x does on a CUDA 12 driver (JetPack 6).
+    """
     heap = heap or HostHeap()
     rt = types.ModuleType("fake_cudart")
     ok = 0  # cudaError_t is an IntEnum in cuda-python; cudaSuccess == 0
@@ -113,13 +121,38 @@ def make_fake_cudart(heap: HostHeap | None = None):
     rt.cudaFree = lambda p: (record("cudaFree"), heap.free(p), (ok,))[2]
     rt.cudaFreeHost = lambda p: (record("cudaFreeHost"), rt.pinned.discard(p), heap.free(p), (ok,))[3]
     rt.cudaStreamDestroy = lambda s: (record("cudaStreamDestroy"), (ok,))[1]
-    rt.cudaGetDeviceCount = lambda: (ok, 1)
+    rt.cudaGetDeviceCount = lambda: (CUDA_ERROR_INSUFFICIENT_DRIVER, 0) if driver_too_old else (ok, 1)
     rt.cudaGetDeviceProperties = lambda d: (ok, types.SimpleNamespace(name=b"Fake Orin\0\0", major=8, minor=7))
+    rt.cudaDeviceAttr = types.SimpleNamespace(cudaDevAttrIntegrated=18, cudaDevAttrCanMapHostMemory=19)
+    rt.cudaDeviceGetAttribute = lambda attr, d: (record("cudaDeviceGetAttribute", attr), (ok, int(integrated)))[1]
+    rt.cudaHostAllocMapped = 2
+    rt.mapped = {}
+
+    def host_alloc(n, flags):
+        record("cudaHostAlloc", n, flags)
+        if not integrated or flags != rt.cudaHostAllocMapped:
+            raise AssertionError("cudaHostAlloc(mapped) on a device that cannot map host memory")
+        addr = heap.alloc(n)
+        rt.pinned.add(addr)
+        rt.mapped[addr] = addr  # unified memory: the device pointer is the host address
+        return ok, addr
+
+    def host_get_device_pointer(ptr, flags):
+        record("cudaHostGetDevicePointer", flags)
+        if ptr not in rt.mapped or flags != 0:
+            raise AssertionError("cudaHostGetDevicePointer on memory that is not mapped (or flags != 0)")
+        return ok, rt.mapped[ptr]
+
+    rt.cudaHostAlloc = host_alloc
+    rt.cudaHostGetDevicePointer = host_get_device_pointer
+    if driver_too_old:
+        rt.cudaSetDevice = lambda d: (CUDA_ERROR_INSUFFICIENT_DRIVER,)
     return rt
 
 
-def make_fake_pycuda_driver(heap: HostHeap | None = None):
-    """A `pycuda.driver` with the calls the runner makes (init, primary context, pagelocked, mem_alloc, Stream, async copies)."""
+def make_fake_pycuda_driver(heap: HostHeap | None = None, integrated: bool = False):
+    """A `pycuda.driver` with the calls the runner makes (init, primary context retain/push/pop/detach,
+    device attributes, pagelocked (optionally DEVICEMAP-mapped), mem_alloc, Stream, async copies)."""
     heap = heap or HostHeap()
     drv = types.ModuleType("fake_pycuda_driver")
     drv.heap = heap
@@ -134,8 +167,16 @@ def make_fake_pycuda_driver(heap: HostHeap | None = None):
 
     drv.context_stack = stack
 
+    drv.retained = []  # primary-context references held (retain_primary_context adds, detach drops)
+    drv.live_streams = weakref.WeakSet()  # streams not yet garbage: a detach with one alive is a bug
+
     class Context:
+        def __init__(self):
+            self.detached = False
+
         def push(self):
+            if self.detached:
+                raise AssertionError("push of a detached context")
             stack().append(self)
             drv.pushes.append(threading.get_ident())
 
@@ -143,6 +184,14 @@ def make_fake_pycuda_driver(heap: HostHeap | None = None):
             if not stack() or stack()[-1] is not self:
                 raise AssertionError("pop of a context that is not current on this thread")
             stack().pop()
+
+        def detach(self):
+            if self in stack():
+                raise AssertionError("detach of a context still on this thread's stack")
+            if len(drv.live_streams):
+                raise AssertionError("context detached while a stream still exists")
+            self.detached = True
+            drv.retained.remove(self)
 
     def need_context(what):
         if not stack():
@@ -153,7 +202,16 @@ def make_fake_pycuda_driver(heap: HostHeap | None = None):
             self.i = i
 
         def retain_primary_context(self):
-            return Context()
+            ctx = Context()
+            drv.retained.append(ctx)
+            return ctx
+
+        @staticmethod
+        def count():
+            return 1
+
+        def get_attribute(self, attr):
+            return int(integrated) if attr in ("INTEGRATED", "CAN_MAP_HOST_MEMORY") else 0
 
         def name(self):
             return "Fake RTX"
@@ -175,10 +233,37 @@ def make_fake_pycuda_driver(heap: HostHeap | None = None):
 
     class Stream:
         def __init__(self):
+            need_context("Stream")
             self.handle = 1234
+            drv.live_streams.add(self)
 
         def synchronize(self):
             drv.calls.append(("synchronize",))
+
+    class HostAllocation:  # what pagelocked_empty(..., mem_flags=DEVICEMAP) arrays have as .base
+        def __init__(self, n):
+            self.addr = heap.alloc(n)
+
+        def get_device_pointer(self):
+            return self.addr  # unified memory: the device sees the host address
+
+        def __del__(self):  # pycuda frees page-locked memory when the last array using it is collected
+            if self.addr in heap.blocks:
+                heap.free(self.addr)
+
+    def pagelocked_empty(shape, dtype, order="C", mem_flags=0):
+        drv.calls.append(("pagelocked_empty", tuple(shape), mem_flags))
+        if mem_flags == drv.host_alloc_flags.DEVICEMAP:
+            if not integrated:
+                raise AssertionError("DEVICEMAP host memory on a device that cannot map it")
+            dtype = np.dtype(dtype)
+            n = max(int(np.prod(shape)) * dtype.itemsize, 1)
+            alloc = HostAllocation(n)
+            raw = np.ctypeslib.as_array(ctypes.cast(alloc.addr, ctypes.POINTER(ctypes.c_uint8)), (n,))
+            arr = raw[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape).view(_MappedArray)
+            arr._alloc = alloc
+            return arr
+        return np.empty(shape, dtype)
 
     def copy(kind, dst_ptr, src_ptr, n, stream):
         if not isinstance(stream, Stream):
@@ -190,11 +275,26 @@ def make_fake_pycuda_driver(heap: HostHeap | None = None):
     drv.init = lambda: drv.calls.append(("init",))
     drv.Device = Device
     drv.Stream = Stream
-    drv.pagelocked_empty = lambda shape, dtype: (drv.calls.append(("pagelocked_empty", tuple(shape))), np.empty(shape, dtype))[1]
+    drv.device_attribute = types.SimpleNamespace(INTEGRATED="INTEGRATED", CAN_MAP_HOST_MEMORY="CAN_MAP_HOST_MEMORY")
+    drv.host_alloc_flags = types.SimpleNamespace(PORTABLE=1, DEVICEMAP=2, WRITECOMBINED=4)
+    drv.pagelocked_empty = pagelocked_empty
     drv.mem_alloc = lambda n: (drv.calls.append(("mem_alloc", n)), Allocation(n))[1]
     drv.memcpy_htod_async = lambda dst, src, stream: copy("htod", int(dst), src.ctypes.data, src.nbytes, stream)
     drv.memcpy_dtoh_async = lambda dst, src, stream: copy("dtoh", dst.ctypes.data, int(src), dst.nbytes, stream)
     return drv
+
+
+class _MappedArray(np.ndarray):
+    """pycuda's pagelocked arrays have their HostAllocation as `.base`; this stand-in does the same."""
+
+    def __array_finalize__(self, obj):
+        # views keep the allocation (as numpy's base chain does); copies own new memory and do not
+        shares = obj is not None and self.size and np.may_share_memory(self, obj)
+        self._alloc = getattr(obj, "_alloc", None) if shares else None
+
+    @property
+    def base(self):
+        return self._alloc
 
 
 # ---- a recording tensorrt module ---------------------------------------------------------------
@@ -216,9 +316,16 @@ MAGIC = b"FAKETRT|"
 
 
 def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = (), build_fails: bool = False,
-                       progress_monitor: bool = True, heap: HostHeap | None = None):
+                       progress_monitor: bool = True, heap: HostHeap | None = None, refuse: tuple[str, ...] = (),
+                       output_names: tuple[str, str] = ("probs", "head_probs"), dla_cores: int = 0):
     """A `tensorrt` module of the given version. Engines it builds are JSON (profile, I/O names), tagged
-    with the version: its Runtime refuses an engine tagged with another version, as TensorRT does."""
+    with the version: its Runtime refuses an engine tagged with another version, as TensorRT does.
+
+    Failure returns as the real API gives them: `refuse` names calls that return False
+    ('set_timing_cache', 'set_tensor_address', 'combine'); set_input_shape returns False outside the
+    profile; build_serialized_network returns None on failure, and (as TensorRT does) when precision
+    flags are set on a strongly typed network. output_names: ('output0', 'output1') is a Torch-TensorRT engine.
+    """
     major = int(version.split(".")[0])
     trt = types.ModuleType("tensorrt")
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # so importlib.util.find_spec sees it
@@ -236,10 +343,11 @@ def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = 
     trt.Logger = Logger
     if major >= 11:
         trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)  # deprecated, ignored
-        trt.BuilderFlag = types.SimpleNamespace(TF32=1, REFIT=2)  # FP16, INT8 removed in 11
+        trt.BuilderFlag = types.SimpleNamespace(TF32=1, REFIT=2)  # FP16, INT8 (and DLA's GPU_FALLBACK use) gone in 11
     else:
         trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
-        trt.BuilderFlag = types.SimpleNamespace(FP16=0, INT8=1, TF32=2)
+        trt.BuilderFlag = types.SimpleNamespace(FP16=0, INT8=1, TF32=2, GPU_FALLBACK=3)
+    trt.DeviceType = types.SimpleNamespace(GPU="GPU", DLA="DLA")
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
     trt.DataType = types.SimpleNamespace(UINT8="UINT8", FLOAT="FLOAT", HALF="HALF")
@@ -280,6 +388,13 @@ def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = 
         def serialize(self):
             return self.data + b"+timings"
 
+        def combine(self, input_cache, ignore_mismatch):
+            rec("combine", bytes(input_cache.data), ignore_mismatch)
+            if "combine" in refuse:
+                return False
+            self.data = input_cache.data + b"|" + self.data
+            return True
+
     class Profile:
         def __init__(self):
             self.shapes = {}
@@ -294,6 +409,9 @@ def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = 
             self.profiles = []
             self.timing_cache = None
             self.progress_monitor = None
+            self.builder_optimization_level = 3
+            self.default_device_type = "GPU"
+            self.DLA_core = -1
 
         def set_memory_pool_limit(self, pool, size):
             rec("set_memory_pool_limit", pool, size)
@@ -312,6 +430,8 @@ def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = 
 
         def set_timing_cache(self, cache, ignore_mismatch):
             rec("set_timing_cache", ignore_mismatch)
+            if "set_timing_cache" in refuse:
+                return False
             self.timing_cache = cache
             return True
 
@@ -319,6 +439,8 @@ def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = 
             return self.timing_cache
 
     class Builder:
+        num_DLA_cores = dla_cores
+
         def __init__(self, logger):
             pass
 
@@ -343,9 +465,13 @@ def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = 
                 mon.phase_finish("Building engine")
             if build_fails:
                 return None
+            strongly_typed = major >= 11 or bool(network.flags & (1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+            if strongly_typed and config.flags & {getattr(trt.BuilderFlag, f, None) for f in ("FP16", "INT8")}:
+                return None  # TensorRT: precision flags are not allowed on a strongly typed network (logged as an error)
             (name, shapes), = config.profiles[0].shapes.items()
             body = {"input": name, "profile": shapes, "flags": sorted(config.flags), "network_flags": network.flags,
-                    "onnx_bytes": len(network.onnx)}
+                    "onnx_bytes": len(network.onnx), "optimization_level": config.builder_optimization_level,
+                    "device": config.default_device_type, "dla_core": config.DLA_core}
             return MAGIC + version.encode() + b"|" + json.dumps(body).encode()
 
     trt.Builder = Builder
@@ -359,13 +485,16 @@ def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = 
 
         def set_tensor_address(self, name, ptr):
             rec("set_tensor_address", name, ptr)
+            if "set_tensor_address" in refuse or name not in self.engine.names:
+                return False
             self.addresses[name] = ptr
+            return True
 
         def set_input_shape(self, name, shape):
             rec("set_input_shape", name, tuple(shape))
             lo, _, hi = self.engine.body["profile"]
-            if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
-                raise AssertionError(f"input shape {tuple(shape)} outside the profile {lo}..{hi}")
+            if name != self.engine.body["input"] or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+                return False  # TensorRT logs the error and returns False
             self.input_shape = tuple(shape)
             return True
 
@@ -378,16 +507,17 @@ def make_fake_tensorrt(version: str = "10.3.0", parse_errors: tuple[str, ...] = 
             x = heap.array(self.addresses[self.engine.body["input"]], self.input_shape, np.uint8)
             probs, head = fake_model_outputs(x, self.engine.n_heads, self.engine.n_classes)
             n = self.input_shape[0]
-            heap.array(self.addresses["probs"], (n, self.engine.n_classes), np.float32)[...] = probs
-            heap.array(self.addresses["head_probs"], (n, self.engine.n_heads, self.engine.n_classes), np.float32)[...] = head
+            out_probs, out_head = output_names
+            heap.array(self.addresses[out_probs], (n, self.engine.n_classes), np.float32)[...] = probs
+            heap.array(self.addresses[out_head], (n, self.engine.n_heads, self.engine.n_classes), np.float32)[...] = head
             return True
 
     class Engine:
         def __init__(self, body, n_heads, n_classes):
             self.body = body
             self.n_heads, self.n_classes = n_heads, n_classes
-            self.names = [body["input"], "probs", "head_probs"]
-            self.out_shapes = {"probs": (-1, n_classes), "head_probs": (-1, n_heads, n_classes)}
+            self.names = [body["input"], *output_names]
+            self.out_shapes = {output_names[0]: (-1, n_classes), output_names[1]: (-1, n_heads, n_classes)}
 
         @property
         def num_io_tensors(self):

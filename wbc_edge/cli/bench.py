@@ -64,6 +64,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["device-check"]:  # one report from the device: wbc_edge.bench.device_check
+        from wbc_edge.cli.engine import device_check_main
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        return device_check_main(argv[1:], prog="wbc-bench device-check")
     a = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     from wbc_edge.bench import BenchOptions, format_markdown, run_bench, write_report

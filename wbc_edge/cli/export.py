@@ -58,6 +58,10 @@ def get_compare_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=1.0)
     p.add_argument("--min-agreement", type=float)
     p.add_argument("--json", type=Path, help="also write the report here")
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"),
+                   help="tensorrt: gate the engines built on this device beside ONNX Runtime FP32, and record auto's choice")
+    p.add_argument("--engine", default="fp16,int8", help="with --backend tensorrt: engines to gate (default: %(default)s)")
+    p.add_argument("--engine-cache", type=Path, default=None)
     return p
 
 
@@ -103,7 +107,13 @@ def compare_main(argv: list[str]) -> int:
     from wbc_edge.export.pipeline import compare_bundle
 
     try:
-        report = compare_bundle(a.bundle, a.data, a.max_drop, a.min_agreement)
+        if a.backend == "tensorrt":
+            from wbc_edge.export.engine_gate import compare_engines
+            from wbc_edge.runtime.backends.tensorrt_build import parse_engine_list
+
+            report = compare_engines(a.bundle, a.data, parse_engine_list(a.engine), a.engine_cache, a.max_drop, a.min_agreement)
+        else:
+            report = compare_bundle(a.bundle, a.data, a.max_drop, a.min_agreement)
         if a.json:
             atomic_write_text(a.json, json.dumps(report, indent=2))
     except WbcError as e:
@@ -112,6 +122,8 @@ def compare_main(argv: list[str]) -> int:
     from wbc_edge.bundle import Bundle
 
     print(format_table(report, Bundle.open(a.bundle).spec.classes))
+    if "auto_precision" in report:
+        print(f"auto precision on this device: {report['auto_precision']['precision']} ({report['auto_precision']['why']})")
     failed = [p for p, r in report["precisions"].items() if r.get("passed") is False]
     return 1 if failed else 0
 

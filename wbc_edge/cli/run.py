@@ -55,6 +55,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
     p.add_argument("--precision", default="auto", choices=precisions.CHOICES)
     p.add_argument("--engine-cache", metavar="DIR", help="TensorRT engine cache folder (default: the TensorRT backend's)")
+    p.add_argument("--engine", metavar="FILE", help="a prebuilt TensorRT engine (wbc-engine build --output), checked against the bundle and this GPU")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="ONNX Runtime intra-op threads (default: ORT's choice)")
     p.add_argument("--batch", type=int, default=8, metavar="N", help="cells per inference batch (default: %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=20.0, metavar="MS",
@@ -157,10 +158,15 @@ def run(a: argparse.Namespace) -> int:
     uri = a.camera or a.source or "synthetic://"
     order = [s.strip() for s in a.order.split(",") if s.strip()] if a.order else None
 
+    engine_runner = None
+    if a.engine:
+        from wbc_edge.runtime.backends import open_engine
+
+        engine_runner = open_engine(model, a.engine)
     analyzer = Analyzer(model, backend=a.backend, precision=a.precision, batch_size=a.batch, max_wait_ms=a.max_wait_ms,
                         missing_light=a.missing_light, crop_px=a.crop_px, align=a.align, light_order=order,
                         intra_op_threads=a.threads, engine_cache=a.engine_cache, gallery_per_class=8 if a.report else 0,
-                        estimator=a.estimator, profile=a.profile or "auto")
+                        estimator=a.estimator, profile=a.profile or "auto", runner=engine_runner)
     if a.device_serial:
         analyzer.device_serial = check_identifier(a.device_serial, "device serial")
     status = StatusLine(enabled=not a.quiet)

@@ -1,6 +1,6 @@
 """Export: ONNX FP32, INT8 Q/DQ, FP16, the accuracy gate, the bundle, TensorRT engines.
 
-Names are resolved lazily: `wbc_edge.export.tensorrt` and `wbc_edge.export.gate` are used by the
+Names are resolved lazily: `wbc_edge.export.gate` is used by the
 torch-free runtime and benchmarks, so importing this package must not import torch.
 """
 from __future__ import annotations
@@ -22,7 +22,9 @@ _LAZY = {
     "export_bundle": "wbc_edge.export.pipeline",
     "compare_bundle": "wbc_edge.export.pipeline",
     "ExportOptions": "wbc_edge.export.pipeline",
-    "build_engine": "wbc_edge.export.tensorrt",
+    "build_engine": "wbc_edge.runtime.backends.tensorrt_build",
+    "compare_engines": "wbc_edge.export.engine_gate",
+    "check_qdq_placement": "wbc_edge.export.qdq_rules",
 }
 
 __all__ = sorted(_LAZY)

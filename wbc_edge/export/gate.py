@@ -54,11 +54,14 @@ def evaluate_precisions(
 ) -> dict[str, Any]:
     """Metrics for every precision plus agreement and max probability difference vs `fp32`.
 
-    `outputs`: each precision's `run_onnx` result when the caller already has it."""
+    `outputs`: each precision's `run_onnx` result when the caller already has it. A model is ONNX bytes
+    (run with ONNX Runtime) or a callable inputs -> outputs (a TensorRT engine's runner), so engines go
+    through the same metrics as the graphs."""
     if "fp32" not in models:
         raise AccuracyGateError("accuracy gate: no fp32 model to compare against")
     labels = np.asarray(labels, dtype=np.int64)
-    outputs = dict(outputs) if outputs is not None else {p: run_onnx(m, spec, inputs, batch_size) for p, m in models.items()}
+    outputs = dict(outputs) if outputs is not None else {
+        p: m(inputs) if callable(m) else run_onnx(m, spec, inputs, batch_size) for p, m in models.items()}
     ref = outputs["fp32"][spec.probs_name]
     ref_heads = outputs["fp32"][spec.head_probs_name]
     report: dict[str, Any] = {"n_cells": int(len(labels)), "class_counts": {c: int(n) for c, n in zip(spec.classes, np.bincount(labels, minlength=spec.num_classes))}, "precisions": {}}

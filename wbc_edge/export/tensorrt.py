@@ -1,357 +1,37 @@
-"""The thin TensorRT layer: build engines from the bundle's ONNX, and cache them per target.
+"""Export's side of TensorRT: ask the runtime's engine layer to build for a bundle, and the torch-tensorrt path.
 
-Engines are specific to a GPU and a TensorRT version, so the portable artefact is the ONNX in the
-bundle; an engine is built on the target and cached under a key made of the ONNX hash, TensorRT
-version, GPU name, compute capability, precision and batch range.
-
-What TensorRT does with each precision differs between major versions (see `plan_build`):
-- 10.x (JetPack 6): FP16 = the FP32 ONNX plus `BuilderFlag.FP16` (or, on request, the FP16 graph in a
-  strongly typed network); INT8 = the Q/DQ ONNX plus `BuilderFlag.INT8` (explicit quantization).
-- 11.x: the precision flags are gone and every network is strongly typed, so FP16 = the FP16 ONNX
-  graph (`model.fp16.onnx`, FP32 I/O kept) and INT8 = the Q/DQ ONNX (`model.int8-trt.onnx`).
-
-`tensorrt` (and `torch_tensorrt` for `--via torch-tensorrt`) are imported lazily: the pure logic here
-(planning, keys, cache files, option checks) runs and is tested without them. This module never
-imports torch at module level, so the runtime can reach the engine cache on a torch-free device.
+The torch-free engine code (plan, cache, build, logger, target) lives in
+`wbc_edge.runtime.backends.tensorrt_build`; only `--via torch-tensorrt`, which compiles the PyTorch
+module and so needs torch, is here. Its engines are cached under their own key (build path
+'torch-tensorrt'), never under the ONNX engine's, and the runner maps their `output0`/`output1` to
+(probs, head_probs) by position.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
-import shutil
-import subprocess
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from wbc_edge import precisions
-from wbc_edge.bundle import atomic_write_bytes, atomic_write_text, sha256_bytes
-from wbc_edge.errors import BackendUnavailable, UsageError, WbcError
+from wbc_edge.errors import BackendUnavailable
+from wbc_edge.runtime.backends.tensorrt_build import (  # noqa: F401  (export's names for the engine layer)
+    DEFAULT_BATCH_RANGE,
+    DEFAULT_WORKSPACE_MB,
+    EngineCache,
+    Target,
+    TensorRTError,
+    TensorRTOptionError,
+    build_engine,
+    import_tensorrt,
+    parse_batch_range,
+    parse_engine_list,
+    validate_options,
+)
+from wbc_edge.runtime.backends import tensorrt_build
 from wbc_edge.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = precisions.ENGINE_PRECISIONS
-FP16_SOURCES = ("auto", "flag", "graph")
-DEFAULT_BATCH_RANGE = (1, 8, 32)
-DEFAULT_WORKSPACE_MB = 1024
-MAX_BATCH = 4096
-CACHE_ENV = "WBC_EDGE_ENGINE_CACHE"
-SIDECAR_SCHEMA = 1
-SUPPORTED_MAJORS = (10, 11)
-
-# The bundle member each engine precision builds from, by how TensorRT is told the precision.
-_MEMBER = {p: precisions.engine_member(p) for p in PRECISIONS}
-
-
-class TensorRTError(WbcError):
-    """An engine cannot be built or loaded: bad options, an ONNX TensorRT rejects, a failed build."""
-
-
-class TensorRTOptionError(TensorRTError, UsageError):
-    """A build option out of its range or not one of its values: a usage mistake, found before any build."""
-
-
-# ---- versions and options -------------------------------------------------------------------
-def parse_version(text: str | Sequence[int]) -> tuple[int, ...]:
-    """'10.3.0.30' -> (10, 3, 0, 30); a tuple passes through. Non-numeric suffixes are dropped."""
-    if isinstance(text, (tuple, list)):
-        return tuple(int(p) for p in text)
-    parts = []
-    for piece in str(text).split("."):
-        m = re.match(r"\d+", piece)
-        if not m:
-            break
-        parts.append(int(m.group()))
-    if not parts:
-        raise TensorRTError(f"TensorRT version '{text}': not a version number")
-    return tuple(parts)
-
-
-def version_text(version: str | Sequence[int]) -> str:
-    return ".".join(str(p) for p in parse_version(version))
-
-
-def import_tensorrt() -> Any:
-    """The `tensorrt` module, or BackendUnavailable with what to install."""
-    try:
-        import tensorrt  # noqa: PLC0415  (lazy: absent on development machines)
-    except ImportError as e:
-        raise BackendUnavailable(
-            f"tensorrt: not importable ({e}); install TensorRT 10.x or 11.x on a CUDA host (docs/tensorrt.md)"
-        ) from None
-    return tensorrt
-
-
-def trt_version() -> tuple[int, ...] | None:
-    """The installed TensorRT version as a tuple, or None when TensorRT is not importable."""
-    try:
-        return parse_version(import_tensorrt().__version__)
-    except (BackendUnavailable, AttributeError, TensorRTError):
-        return None
-
-
-def validate_batch_range(batch_range: Sequence[int]) -> tuple[int, int, int]:
-    """(min, opt, max) with 1 <= min <= opt <= max; the one error names the field and the values."""
-    try:
-        values = tuple(int(b) for b in batch_range)
-    except (TypeError, ValueError):
-        raise TensorRTOptionError(f"batch_range {batch_range!r}: expected three integers min,opt,max") from None
-    if len(values) != 3 or any(b != v for b, v in zip(batch_range, values)):
-        raise TensorRTOptionError(f"batch_range {tuple(batch_range)!r}: expected three integers min,opt,max")
-    lo, opt, hi = values
-    if not 1 <= lo <= opt <= hi <= MAX_BATCH:
-        raise TensorRTOptionError(f"batch_range {values}: need 1 <= min <= opt <= max <= {MAX_BATCH}")
-    return values
-
-
-def parse_batch_range(text: str) -> tuple[int, int, int]:
-    """'1,8,32' (a CLI value) -> (1, 8, 32), checked."""
-    try:
-        values = [int(p) for p in str(text).split(",")]
-    except ValueError:
-        raise TensorRTOptionError(f"batch_range '{text}': expected three integers min,opt,max such as 1,8,32") from None
-    return validate_batch_range(values)
-
-
-def validate_options(precision: str, batch_range: Sequence[int], workspace_mb: int, fp16_source: str = "auto") -> tuple[str, tuple[int, int, int], int, str]:
-    """Check every build option up front, so a bad one fails before any minutes-long build starts."""
-    if precision not in PRECISIONS:
-        raise TensorRTOptionError(f"precision '{precision}': not one of {list(PRECISIONS)}")
-    if fp16_source not in FP16_SOURCES:
-        raise TensorRTOptionError(f"fp16_source '{fp16_source}': not one of {list(FP16_SOURCES)}")
-    if not isinstance(workspace_mb, int) or isinstance(workspace_mb, bool) or workspace_mb < 16:
-        raise TensorRTOptionError(f"workspace_mb {workspace_mb!r}: need an integer >= 16 (MiB)")
-    return precision, validate_batch_range(batch_range), workspace_mb, fp16_source
-
-
-def profile_shapes(spec: ModelSpec, batch_range: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """The optimisation profile's (min, opt, max) input shapes: only the batch axis is dynamic."""
-    lo, opt, hi = validate_batch_range(batch_range)
-    return spec.input_shape(lo), spec.input_shape(opt), spec.input_shape(hi)
-
-
-# ---- what to build from and which flags to set, per TensorRT version -----------------------
-@dataclass(frozen=True)
-class BuildPlan:
-    """Everything version-dependent about a build, decided without TensorRT."""
-
-    tensorrt_version: tuple[int, ...]
-    precision: str
-    onnx_member: str  # the bundle member to parse
-    strongly_typed: bool
-    network_flags: tuple[str, ...]  # names in trt.NetworkDefinitionCreationFlag
-    builder_flags: tuple[str, ...]  # names in trt.BuilderFlag
-    needs_qdq: bool
-    needs_fp16_graph: bool
-
-
-def plan_build(tensorrt_version: str | Sequence[int], precision: str, fp16_source: str = "auto") -> BuildPlan:
-    """Which ONNX to parse and which creation/builder flags to set for this TensorRT and precision.
-
-    fp16_source: 'flag' = FP32 ONNX + BuilderFlag.FP16 (10.x only), 'graph' = the FP16 ONNX in a strongly
-    typed network, 'auto' = 'flag' on 10.x and 'graph' on 11.x.
-    """
-    version = parse_version(tensorrt_version)
-    major = version[0]
-    if precision not in PRECISIONS:
-        raise TensorRTOptionError(f"precision '{precision}': not one of {list(PRECISIONS)}")
-    if fp16_source not in FP16_SOURCES:
-        raise TensorRTOptionError(f"fp16_source '{fp16_source}': not one of {list(FP16_SOURCES)}")
-    if major < SUPPORTED_MAJORS[0]:
-        raise TensorRTError(f"TensorRT {version_text(version)}: wbc-edge builds with TensorRT 10.x or 11.x")
-    if major > SUPPORTED_MAJORS[-1]:
-        log.warning("TensorRT %s is newer than the versions wbc-edge knows (10.x, 11.x): building as for 11.x", version_text(version))
-
-    if major == 10:
-        if precision == "fp16" and fp16_source == "graph":
-            return BuildPlan(version, precision, _MEMBER["fp16"], True, ("STRONGLY_TYPED",), (), False, True)
-        if precision == "fp16":
-            return BuildPlan(version, precision, _MEMBER["fp32"], False, (), ("FP16",), False, False)
-        if precision == "int8":
-            # Weakly typed Q/DQ network: 10.x wants INT8 enabled for explicit quantization.
-            return BuildPlan(version, precision, _MEMBER["int8"], False, (), ("INT8",), True, False)
-        return BuildPlan(version, precision, _MEMBER["fp32"], False, (), (), False, False)
-
-    # 11.x and later: always strongly typed (the creation flag is deprecated and ignored, so not set),
-    # no precision flags exist; the precision lives in the graph.
-    if precision == "fp16" and fp16_source == "flag":
-        raise TensorRTError(
-            f"TensorRT {version_text(version)}: BuilderFlag.FP16 no longer exists; build FP16 from the FP16 graph ({_MEMBER['fp16']})"
-        )
-    if precision == "fp16":
-        return BuildPlan(version, precision, _MEMBER["fp16"], True, (), (), False, True)
-    if precision == "int8":
-        return BuildPlan(version, precision, _MEMBER["int8"], True, (), (), True, False)
-    return BuildPlan(version, precision, _MEMBER["fp32"], True, (), (), False, False)
-
-
-def check_onnx_for_plan(onnx_bytes: bytes, spec: ModelSpec, plan: BuildPlan, where: str = "onnx") -> None:
-    """Catch the wrong graph before TensorRT spends minutes on it: input name, Q/DQ, FP16 content.
-
-    Needs the `onnx` package; where it is absent (a bare device), TensorRT's parser is the only check.
-    """
-    try:
-        import onnx  # noqa: PLC0415
-    except ImportError:
-        log.debug("onnx not installed: skipping the pre-build graph check of %s", where)
-        return
-    try:
-        model = onnx.load_model_from_string(onnx_bytes)
-    except Exception as e:  # onnx raises DecodeError and others: report on one line
-        raise TensorRTError(f"{where}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-    graph = model.graph
-    initializer_names = {i.name for i in graph.initializer}
-    inputs = [i.name for i in graph.input if i.name not in initializer_names]
-    if spec.input_name not in inputs:
-        raise TensorRTError(f"{where}: has inputs {inputs}, not the spec's input '{spec.input_name}'")
-    outputs = {o.name for o in graph.output}
-    for name in (spec.probs_name, spec.head_probs_name):
-        if name not in outputs:
-            raise TensorRTError(f"{where}: has no output '{name}' (outputs {sorted(outputs)})")
-    ops = {n.op_type for n in graph.node}
-    if plan.needs_qdq and not {"QuantizeLinear", "DequantizeLinear"} <= ops:
-        raise TensorRTError(f"{where}: INT8 needs a Q/DQ graph ({_MEMBER['int8']}); this one has no QuantizeLinear/DequantizeLinear")
-    if plan.needs_fp16_graph:
-        fp16 = onnx.TensorProto.FLOAT16
-        has_fp16 = any(i.data_type == fp16 for i in graph.initializer) or any(
-            n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in graph.node
-        )
-        if not has_fp16:
-            raise TensorRTError(f"{where}: a strongly typed FP16 build needs the FP16 graph ({_MEMBER['fp16']}); this one has no float16 tensors")
-
-
-# ---- the build ------------------------------------------------------------------------------
-def _read_onnx(onnx: str | os.PathLike | bytes) -> tuple[bytes, str]:
-    if isinstance(onnx, (bytes, bytearray, memoryview)):
-        return bytes(onnx), "onnx (in memory)"
-    path = Path(onnx)
-    if not path.is_file():
-        raise TensorRTError(f"onnx {path}: no such file")
-    return path.read_bytes(), f"onnx {path}"
-
-
-def make_progress_monitor(trt: Any) -> Any | None:
-    """An IProgressMonitor that logs build phases, or None where this TensorRT has none."""
-    base = getattr(trt, "IProgressMonitor", None)
-    if base is None:
-        return None
-
-    class PhaseLogger(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            base.__init__(self)
-            self._started: dict[str, float] = {}
-            self._depth: dict[str, int] = {}
-
-        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            depth = self._depth.get(parent_phase, -1) + 1 if parent_phase else 0
-            self._depth[phase_name] = depth
-            self._started[phase_name] = time.perf_counter()
-            log.info("%s%s (%d steps)", "  " * depth, phase_name, num_steps)
-
-        def step_complete(self, phase_name: str, step: int) -> bool:
-            return True  # never cancel the build
-
-        def phase_finish(self, phase_name: str) -> None:
-            took = time.perf_counter() - self._started.pop(phase_name, time.perf_counter())
-            log.info("%s%s done in %.1f s", "  " * self._depth.pop(phase_name, 0), phase_name, took)
-
-    return PhaseLogger()
-
-
-def _load_timing_cache(config: Any, path: Path | None) -> Any | None:
-    if path is None:
-        return None
-    data = b""
-    if path.is_file():
-        data = path.read_bytes()
-        log.info("timing cache %s: loaded %d bytes", path, len(data))
-    try:
-        cache = config.create_timing_cache(data)
-    except Exception as e:  # TensorRT raises its own types for a corrupt cache
-        log.warning("timing cache %s: unreadable by this TensorRT (%s)", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
-        cache = None
-    if cache is None and data:
-        log.warning("timing cache %s: starting an empty one", path)
-        cache = config.create_timing_cache(b"")
-    if cache is not None:
-        config.set_timing_cache(cache, False)  # ignore_mismatch=False: never mix another GPU's timings
-    return cache
-
-
-def build_engine(
-    onnx: str | os.PathLike | bytes,
-    spec: ModelSpec,
-    precision: str,
-    batch_range: Sequence[int] = DEFAULT_BATCH_RANGE,
-    workspace_mb: int = DEFAULT_WORKSPACE_MB,
-    timing_cache: str | os.PathLike | None = None,
-    progress: bool = True,
-    fp16_source: str = "auto",
-    trt_module: Any | None = None,
-) -> bytes:
-    """Build a serialized engine from an ONNX file or bytes; return the engine bytes.
-
-    `onnx` must be the graph `plan_build` names for this TensorRT and precision (`plan_build(...).onnx_member`
-    tells which bundle member). `trt_module` is for tests (a fake); normally `tensorrt` is imported.
-    """
-    precision, batch_range, workspace_mb, fp16_source = validate_options(precision, batch_range, workspace_mb, fp16_source)
-    trt = trt_module if trt_module is not None else import_tensorrt()
-    plan = plan_build(trt.__version__, precision, fp16_source)
-    onnx_bytes, where = _read_onnx(onnx)
-    check_onnx_for_plan(onnx_bytes, spec, plan, where)
-
-    from wbc_edge.runtime.backends.tensorrt import trt_logger  # noqa: PLC0415  (one logger shared with the runner)
-
-    logger = trt_logger(trt)
-    builder = trt.Builder(logger)
-    network_flags = 0
-    for name in plan.network_flags:
-        network_flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-    network = builder.create_network(network_flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes):
-        errors = [str(parser.get_error(i)).replace("\n", " ") for i in range(parser.num_errors)]
-        for line in errors:
-            log.error("%s: TensorRT parser: %s", where, line)
-        first = errors[0] if errors else "no error reported"
-        raise TensorRTError(f"{where}: TensorRT {version_text(plan.tensorrt_version)} cannot parse it ({len(errors)} error(s); first: {first})")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    for name in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    profile = builder.create_optimization_profile()
-    lo, opt, hi = profile_shapes(spec, batch_range)
-    profile.set_shape(spec.input_name, lo, opt, hi)
-    config.add_optimization_profile(profile)
-
-    cache_path = Path(timing_cache) if timing_cache is not None else None
-    _load_timing_cache(config, cache_path)
-
-    what = f"TensorRT {version_text(plan.tensorrt_version)} {precision} engine from {plan.onnx_member}, batch {lo[0]}..{hi[0]} (opt {opt[0]})"
-    monitor = make_progress_monitor(trt) if progress else None
-    if monitor is not None:
-        config.progress_monitor = monitor
-        log.info("building %s", what)
-    else:
-        log.info("building %s: this can take minutes", what)
-    started = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise TensorRTError(f"{where}: building the {what} failed (TensorRT's log above says why)")
-    engine = bytes(serialized)
-    log.info("built %s in %.1f s (%d bytes)", what, time.perf_counter() - started, len(engine))
-
-    if cache_path is not None:
-        cache = config.get_timing_cache()
-        if cache is not None:
-            atomic_write_bytes(cache_path, bytes(cache.serialize()))
-    return engine
+VIAS = ("onnx", "torch-tensorrt")
 
 
 def build_engine_via_torch_tensorrt(module: Any, spec: ModelSpec, precision: str, batch_range: Sequence[int] = DEFAULT_BATCH_RANGE) -> bytes:
@@ -367,259 +47,28 @@ def build_engine_via_torch_tensorrt(module: Any, spec: ModelSpec, precision: str
         import torch  # noqa: PLC0415
         import torch_tensorrt  # noqa: PLC0415
     except ImportError as e:
-        raise BackendUnavailable(f"torch-tensorrt: not importable ({e}); pip install torch-tensorrt on a CUDA host") from None
-    lo, opt, hi = profile_shapes(spec, batch_range)
+        raise BackendUnavailable(f"torch-tensorrt: not importable ({e}); pip install 'wbc-edge[torch-tensorrt]' on a CUDA host") from None
+    lo, opt, hi = tensorrt_build.profile_shapes(spec, batch_range)
     inputs = [torch_tensorrt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=torch.uint8)]
     dtypes = {torch.float32} | ({torch.float16} if precision == "fp16" else set())
     log.info("building a %s engine via torch-tensorrt: this can take minutes", precision)
     return bytes(torch_tensorrt.convert_method_to_trt_engine(module.eval().cuda(), "forward", inputs=inputs, enabled_precisions=dtypes))
 
 
-# ---- the engine cache ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    """What an engine is specific to, besides its ONNX and options."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-
-
-def normalise_compute_capability(cc: str | Sequence[int]) -> str:
-    if isinstance(cc, (tuple, list)):
-        return ".".join(str(int(c)) for c in cc)
-    return str(cc)
-
-
-def query_gpu() -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor') of device 0, via the CUDA layer or nvidia-smi."""
-    try:
-        from wbc_edge.runtime.backends.cuda_memory import device_properties  # noqa: PLC0415
-
-        name, cc = device_properties()
-        return name, normalise_compute_capability(cc)
-    except BackendUnavailable as e:
-        cuda_problem = str(e)
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True).stdout
-            name, cc = (p.strip() for p in out.splitlines()[0].rsplit(",", 1))
-            return name, cc
-        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-            pass
-    raise BackendUnavailable(f"GPU: cannot tell which GPU this is ({cuda_problem}; no usable nvidia-smi)")
-
-
-def current_target(trt_module: Any | None = None, gpu: tuple[str, str] | None = None) -> Target:
-    trt = trt_module if trt_module is not None else import_tensorrt()
-    name, cc = gpu if gpu is not None else query_gpu()
-    return Target(version_text(trt.__version__), name, normalise_compute_capability(cc))
-
-
-def engine_cache_key(onnx_sha256: str, trt_version: str | Sequence[int], gpu_name: str, compute_capability: str | Sequence[int], precision: str, batch_range: Sequence[int]) -> str:
-    """A file-name-safe key that changes when any part changes: '<precision>-b<min>_<opt>_<max>-<digest>'."""
-    parts = {
-        "onnx_sha256": str(onnx_sha256),
-        "tensorrt_version": version_text(trt_version),
-        "gpu_name": str(gpu_name),
-        "compute_capability": normalise_compute_capability(compute_capability),
-        "precision": str(precision),
-        "batch_range": list(validate_batch_range(batch_range)),
-    }
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-    lo, opt, hi = parts["batch_range"]
-    return f"{precision}-b{lo}_{opt}_{hi}-{digest}"
-
-
-def default_cache_root() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "wbc-edge" / "engines"
-
-
-class EngineCache:
-    """Engines on disk, one `<key>.engine` plus a `<key>.json` sidecar each (key parts + the model spec).
-
-    The sidecar is written last, so an engine without one (an interrupted write) is never used.
-    """
-
-    def __init__(self, root: str | os.PathLike | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_cache_root()
-
-    def engine_path(self, key: str) -> Path:
-        return self.root / f"{key}.engine"
-
-    def sidecar_path(self, key: str) -> Path:
-        return self.root / f"{key}.json"
-
-    def entries(self) -> list[dict[str, Any]]:
-        """Every readable sidecar in the cache (unreadable ones are logged and skipped)."""
-        out = []
-        if not self.root.is_dir():
-            return out
-        for path in sorted(self.root.glob("*.json")):
-            try:
-                out.append(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-                log.warning("engine cache %s: unreadable sidecar (%s), ignored", path, e)
-        return out
-
-    def get(self, key: str, target: Target | None = None) -> bytes | None:
-        """The engine for `key`, or None when absent, incomplete, corrupt or built for another target."""
-        sidecar_path, engine_path = self.sidecar_path(key), self.engine_path(key)
-        if not sidecar_path.is_file() or not engine_path.is_file():
-            return None
-        try:
-            meta = json.loads(sidecar_path.read_text())
-            engine = engine_path.read_bytes()
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            log.warning("engine cache %s: unreadable (%s): rebuilding", engine_path, e)
-            return None
-        if meta.get("engine_sha256") != sha256_bytes(engine):
-            log.warning("engine cache %s: fails its SHA-256 check (truncated or corrupt): rebuilding", engine_path)
-            return None
-        if target is not None:
-            mismatch = target_mismatch(meta, target)
-            if mismatch:
-                log.warning("engine cache %s: %s: rebuilding", engine_path, mismatch)
-                return None
-        return engine
-
-    def put(self, key: str, engine: bytes, target: Target, onnx_sha256: str, precision: str, batch_range: Sequence[int], spec: ModelSpec) -> Path:
-        meta = {
-            "sidecar_schema": SIDECAR_SCHEMA,
-            "key": key,
-            "onnx_sha256": onnx_sha256,
-            **asdict(target),
-            "precision": precision,
-            "batch_range": list(validate_batch_range(batch_range)),
-            "engine_sha256": sha256_bytes(engine),
-            "engine_bytes": len(engine),
-            "created_unix": int(time.time()),
-            "model.spec.json": spec.to_dict(),
-        }
-        atomic_write_bytes(self.engine_path(key), engine)
-        atomic_write_text(self.sidecar_path(key), json.dumps(meta, indent=2, sort_keys=True))
-        return self.engine_path(key)
-
-    def invalidate(self, key: str) -> None:
-        """Drop an entry (e.g. one TensorRT refused to deserialize)."""
-        for path in (self.sidecar_path(key), self.engine_path(key)):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-
-    def stale_for(self, onnx_sha256: str, precision: str, batch_range: Sequence[int], target: Target) -> list[dict[str, Any]]:
-        """Entries for the same model and options that were built for another TensorRT or GPU."""
-        wanted = list(validate_batch_range(batch_range))
-        return [
-            m for m in self.entries()
-            if m.get("onnx_sha256") == onnx_sha256 and m.get("precision") == precision and m.get("batch_range") == wanted and target_mismatch(m, target)
-        ]
-
-    def get_or_build(
-        self,
-        onnx_bytes: bytes,
-        spec: ModelSpec,
-        precision: str,
-        batch_range: Sequence[int] = DEFAULT_BATCH_RANGE,
-        target: Target | None = None,
-        build: Callable[..., bytes] = build_engine,
-        **build_kwargs: Any,
-    ) -> tuple[bytes, str]:
-        """(engine bytes, key): the cached engine for this target, else a fresh build that is then cached.
-
-        `onnx_bytes` must already be the graph the plan needs for this TensorRT and precision.
-        """
-        batch_range = validate_batch_range(batch_range)
-        if precision not in PRECISIONS:
-            raise TensorRTOptionError(f"precision '{precision}': not one of {list(PRECISIONS)}")
-        target = target if target is not None else current_target(build_kwargs.get("trt_module"))
-        onnx_sha = sha256_bytes(onnx_bytes)
-        key = engine_cache_key(onnx_sha, target.tensorrt_version, target.gpu_name, target.compute_capability, precision, batch_range)
-        engine = self.get(key, target)
-        if engine is not None:
-            log.info("engine cache: using %s", self.engine_path(key))
-            return engine, key
-        for old in self.stale_for(onnx_sha, precision, batch_range, target):
-            log.warning(
-                "engine cache: %s was built for TensorRT %s on %s (sm %s); this is TensorRT %s on %s (sm %s): building a new one",
-                old.get("key"), old.get("tensorrt_version"), old.get("gpu_name"), old.get("compute_capability"),
-                target.tensorrt_version, target.gpu_name, target.compute_capability,
-            )
-        if not build_kwargs.get("timing_cache"):
-            build_kwargs["timing_cache"] = self.root / f"timing-trt{target.tensorrt_version}-sm{target.compute_capability}.cache"
-        engine = build(onnx_bytes, spec, precision, batch_range=batch_range, **build_kwargs)
-        self.put(key, engine, target, onnx_sha, precision, batch_range, spec)
-        log.info("engine cache: stored %s", self.engine_path(key))
-        return engine, key
-
-
-def target_mismatch(meta: dict[str, Any], target: Target) -> str | None:
-    """Why a cached engine's sidecar does not fit this target, or None when it does."""
-    built = (meta.get("tensorrt_version"), meta.get("gpu_name"), str(meta.get("compute_capability")))
-    here = (target.tensorrt_version, target.gpu_name, target.compute_capability)
-    if built == here:
-        return None
-    return f"built for TensorRT {built[0]} on {built[1]} (sm {built[2]}), this is TensorRT {here[0]} on {here[1]} (sm {here[2]})"
-
-
-def engine_from_bundle(bundle: Any, precision: str, cache: EngineCache | None = None, batch_range: Sequence[int] = DEFAULT_BATCH_RANGE, fp16_source: str = "auto", trt_module: Any | None = None, target: Target | None = None, **build_kwargs: Any) -> tuple[bytes, str]:
-    """The engine for a bundle on this target: from the cache, or built from the member the plan names.
-
-    `build_kwargs` go to `EngineCache.get_or_build` (e.g. `build=` another builder, `workspace_mb=`).
-    """
-    cache = cache if cache is not None else EngineCache()
-    trt = trt_module if trt_module is not None else import_tensorrt()
-    plan = plan_build(trt.__version__, precision, fp16_source)
-    if not bundle.has(plan.onnx_member):
-        raise TensorRTError(
-            f"bundle {bundle.path}: {precision} on TensorRT {version_text(plan.tensorrt_version)} builds from {plan.onnx_member}, which this bundle lacks (has {bundle.precisions})"
-        )
-    return cache.get_or_build(
-        bundle.read(plan.onnx_member), bundle.spec, precision, batch_range, target=target if target is not None else current_target(trt),
-        fp16_source=fp16_source, trt_module=trt_module, **build_kwargs,
-    )
-
-
-def parse_engine_list(text: str) -> list[str]:
-    """'fp16,int8' -> ['fp16', 'int8'] (the `--engine` option); 'int8-trt' is accepted for 'int8'."""
-    names = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not names:
-        raise TensorRTOptionError(f"--engine: name one or more of {', '.join(PRECISIONS)} (comma-separated)")
-    engines = []
-    for n in names:
-        try:
-            engines.append(precisions.engine_precision(n))
-        except UsageError:
-            raise TensorRTOptionError(f"--engine '{n}': not one of {list(PRECISIONS)}") from None
-    return list(dict.fromkeys(engines))
-
-
 def build_bundle_engines(bundle: Any, precisions: Sequence[str], cache: EngineCache | str | os.PathLike | None = None,
-                         batch_range: Sequence[int] = DEFAULT_BATCH_RANGE, workspace_mb: int = DEFAULT_WORKSPACE_MB,
-                         via: str = "onnx", torch_module: Any | None = None, fp16_source: str = "auto",
-                         trt_module: Any | None = None, target: Target | None = None) -> list[dict[str, Any]]:
-    """`wbc-export --engine fp16,int8 [--via torch-tensorrt]`: put this target's engines in the cache.
+                         via: str = "onnx", torch_module: Any | None = None, **options: Any) -> list[dict[str, Any]]:
+    """`wbc-export --engine fp16,int8 [--via torch-tensorrt]`: this target's engines into the engine cache.
 
-    Returns one row per precision: precision, key, engine path, bytes. The runtime later finds them by
-    the same key. With via='torch-tensorrt', `torch_module` (uint8 in, (probs, head_probs) out, e.g.
-    export's InferenceModel) is compiled instead of the ONNX; the engine is cached under the key of
-    the ONNX member the ONNX path would use, since it is the same model.
+    `options` are the engine layer's (batch_range, workspace_mb, optimization_level, dla_core, ...).
     """
-    if via not in ("onnx", "torch-tensorrt"):
-        raise TensorRTOptionError(f"--via '{via}': not one of ['onnx', 'torch-tensorrt']")
-    if via == "torch-tensorrt" and torch_module is None:
+    if via not in VIAS:
+        raise TensorRTOptionError(f"--via '{via}': not one of {list(VIAS)}")
+    if via == "onnx":
+        return tensorrt_build.build_bundle_engines(bundle, precisions, cache, **options)
+    if torch_module is None:
         raise TensorRTError("--via torch-tensorrt: needs the PyTorch model (a checkpoint), not only a bundle")
-    batch_range = validate_batch_range(batch_range)
-    validate_options(precisions[0] if precisions else "fp32", batch_range, workspace_mb, fp16_source)
-    engine_cache = cache if isinstance(cache, EngineCache) else EngineCache(cache)
-    rows = []
-    for precision in precisions:
-        kwargs: dict[str, Any] = {"workspace_mb": workspace_mb}
-        if via == "torch-tensorrt":
-            kwargs = {"build": lambda _onnx, spec, prec, batch_range, **_: build_engine_via_torch_tensorrt(torch_module, spec, prec, batch_range)}
-        engine, key = engine_from_bundle(bundle, precision, engine_cache, batch_range, fp16_source=fp16_source, trt_module=trt_module, target=target, **kwargs)
-        rows.append({"precision": precision, "key": key, "path": str(engine_cache.engine_path(key)), "bytes": len(engine)})
-    return rows
+
+    def build(_onnx: bytes, spec: ModelSpec, precision: str, batch_range: Sequence[int], **_: Any) -> bytes:
+        return build_engine_via_torch_tensorrt(torch_module, spec, precision, batch_range)
+
+    return tensorrt_build.build_bundle_engines(bundle, precisions, cache, build=build, build_path="torch-tensorrt", **options)

@@ -20,44 +20,25 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 PRECISIONS = precisions.CHOICES
 
-__all__ = ["BACKENDS", "PRECISIONS", "Runner", "open_backend", "gate_verdict", "tensorrt_available"]
+__all__ = ["BACKENDS", "PRECISIONS", "Runner", "open_backend", "open_engine", "gate_verdict", "tensorrt_available"]
 
 
 def tensorrt_available() -> tuple[bool, str]:
-    """(usable, why): TensorRT importable and a CUDA device present."""
+    """(usable, why): TensorRT importable and a CUDA device present (probed as the memory layer opens it)."""
     if importlib.util.find_spec("tensorrt") is None:
         return False, "tensorrt is not installed"
-    n = _cuda_device_count()
+    n, why = _cuda_device_count()
     if n is None:
-        return False, "tensorrt is installed but no CUDA runtime binding (cuda-python or pycuda) answers"
+        return False, f"tensorrt is installed but no CUDA binding (pycuda or cuda-python) imports ({why})"
     if n == 0:
-        return False, "tensorrt is installed but no CUDA device is present"
-    return True, f"tensorrt with {n} CUDA device(s)"
+        return False, f"tensorrt is installed but no CUDA device answers ({why})"
+    return True, f"tensorrt with {why}"
 
 
-def _cuda_device_count() -> int | None:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            cudart = None
-    if cudart is not None:
-        try:
-            err, n = cudart.cudaGetDeviceCount()
-            return int(n) if int(err) == 0 else 0
-        except Exception:  # a broken driver install reports through many exception types
-            return 0
-    try:
-        import pycuda.driver as drv
+def _cuda_device_count() -> tuple[int | None, str]:
+    from wbc_edge.runtime.backends.cuda_memory import cuda_device_count  # noqa: PLC0415  (one probe order)
 
-        drv.init()
-        return drv.Device.count()
-    except ImportError:
-        return None
-    except Exception:
-        return 0
+    return cuda_device_count()
 
 
 def gate_verdict(bundle: Bundle, precision: str) -> tuple[bool | None, str]:
@@ -65,26 +46,74 @@ def gate_verdict(bundle: Bundle, precision: str) -> tuple[bool | None, str]:
     return gate_report.read_verdict(bundle, precision)
 
 
-def _pick_precision(bundle: Bundle, target: str, precision: str) -> tuple[str, str]:
+def _tensorrt_buildable(bundle: Bundle, version: str | None = None) -> dict[str, str]:
+    """{bundle precision: how this TensorRT builds it} for what the installed TensorRT can build from the bundle."""
+    from wbc_edge.runtime.backends import tensorrt_build  # noqa: PLC0415
+
+    version = version if version is not None else tensorrt_build.trt_version()
+    if version is None:
+        return {}
+    built = tensorrt_build.bundle_engine_precisions(bundle, version)
+    return {precisions.ENGINE_SOURCE[e]: how for e, how in built.items()}
+
+
+def _pick_precision(bundle: Bundle, target: str, precision: str, tensorrt_version: str | None = None) -> tuple[str, str]:
     have = list(bundle.precisions)
-    if target == "tensorrt" and "fp16" not in have and "fp32" in have:
-        have.append("fp16")  # TensorRT builds FP16 from the FP32 graph (builder flag / conversion)
+    how: dict[str, str] = {}
+    if target == "tensorrt":
+        # What this TensorRT can build: 11.x needs model.fp16.onnx for FP16; 10.x may build it from FP32 + flag.
+        how = _tensorrt_buildable(bundle, tensorrt_version)
+        have = [p for p in precisions.run_on("tensorrt") if p in how]
     precision = precisions.resolve(precision, target.split("-")[0])
     if precision != "auto":
         if precision not in have:
+            if target == "tensorrt":
+                raise BundleError(f"bundle {bundle.path}: this TensorRT cannot build {precision} from it (builds {have}; TensorRT 11 builds fp16 only from model.fp16.onnx)")
             raise BundleError(f"bundle {bundle.path}: has no {precision} model (has {have})")
         return precision, f"{precision} as asked"
     notes = []
     for cand in precisions.AUTO_ORDER[target]:
         if cand not in have:
-            notes.append(f"no {cand} in bundle")
+            notes.append(f"no {cand} in bundle" if target != "tensorrt" else f"TensorRT cannot build {cand} from this bundle")
             continue
         ok, why = gate_verdict(bundle, cand)
+        built = f"; built from {how[cand]}" if cand in how else ""
+        if cand in how and cand not in bundle.precisions:
+            built += ", not the graph the gate checked"
         # INT8 needs the gate's explicit pass; FP16 only needs not to have failed it
         if ok or (ok is None and not precisions.get(cand).quantized):
-            return cand, why if ok else f"{cand} present"
+            return cand, (why if ok else f"{cand} present") + built
         notes.append(why)
     return "fp32", "; ".join(notes) or "default"
+
+
+def _engine_gate_choice(bundle: Bundle, engine_cache: str | None) -> tuple[str, str] | None:
+    """The precision the engine gate chose on this device (`wbc-export compare --backend tensorrt`), if any."""
+    from wbc_edge.runtime.backends import tensorrt_build as tb  # noqa: PLC0415
+
+    try:
+        choice = tb.recorded_choice(tb.EngineCache(engine_cache), bundle, tb.current_target())
+    except BackendUnavailable:
+        return None
+    if choice is None:
+        return None
+    return choice["precision"], f"chosen on this device by the engine gate and timing ({choice['why']}; {choice['path']})"
+
+
+def open_engine(bundle: Bundle | str, engine_path: str, trt_module: Any = None, **kw: Any) -> Runner:
+    """`wbc-run --engine FILE`: an inactive runner on a prebuilt engine, checked against the bundle, TensorRT and GPU."""
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.open(bundle)
+    ok, why = tensorrt_available() if trt_module is None else (True, "given")
+    if not ok:
+        raise BackendUnavailable(f"--engine {engine_path}: {why}")
+    from wbc_edge.runtime.backends.tensorrt import TensorRTRunner  # noqa: PLC0415
+
+    runner = TensorRTRunner.from_engine_file(engine_path, bundle, trt_module=trt_module, **kw)
+    meta = runner.engine_meta
+    runner.choice_reason = (f"backend tensorrt (prebuilt engine {engine_path}), precision {runner.precision} "
+                            f"(built by TensorRT {meta.get('tensorrt_version')} on {meta.get('gpu_name')}, batch {meta.get('batch_range')})")
+    return runner
 
 
 def open_backend(bundle: Bundle | str, backend: str = "auto", precision: str = "auto",
@@ -115,7 +144,11 @@ def open_backend(bundle: Bundle | str, backend: str = "auto", precision: str = "
             backend, why_backend = "onnxruntime", why
     runner: Runner
     if backend == "tensorrt":
-        prec, why_prec = _pick_precision(bundle, "tensorrt", precision)
+        choice = _engine_gate_choice(bundle, engine_cache) if precision == "auto" else None
+        if choice is not None:
+            prec, why_prec = choice
+        else:
+            prec, why_prec = _pick_precision(bundle, "tensorrt", precision)
         try:
             from wbc_edge.runtime.backends.tensorrt import TensorRTRunner
         except ImportError as e:

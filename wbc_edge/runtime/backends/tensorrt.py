@@ -22,26 +22,15 @@ from wbc_edge import precisions
 from wbc_edge.errors import BackendUnavailable, BundleError, SpecError, UsageError
 from wbc_edge.runtime.backends.base import Runner
 from wbc_edge.runtime.backends.cuda_memory import CudaMemory, DeviceBuffer, Stream, open_cuda_memory
+from wbc_edge.runtime.backends.tensorrt_build import trt_logger
 from wbc_edge.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 def _import_tensorrt() -> Any:
-    try:
-        import tensorrt  # noqa: PLC0415
-    except ImportError as e:
-        raise BackendUnavailable(f"tensorrt: not importable ({e}); see docs/tensorrt.md") from None
-    return tensorrt
+    from wbc_edge.runtime.backends.tensorrt_build import import_tensorrt  # noqa: PLC0415
 
-
-_TRT_LOGGERS: dict[int, Any] = {}
-
-
-def trt_logger(trt: Any) -> Any:
-    """One TensorRT logger per process: TensorRT warns when builders/runtimes get different ones."""
-    if id(trt) not in _TRT_LOGGERS:
-        _TRT_LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
-    return _TRT_LOGGERS[id(trt)]
+    return import_tensorrt()
 
 
 @dataclass
@@ -54,6 +43,8 @@ class TensorBinding:
     max_shape: tuple[int, ...]
     host: np.ndarray  # pinned, max_shape
     device: DeviceBuffer
+    engine_name: str = ""  # the engine's tensor name, where it differs from the spec's (torch-tensorrt's output0)
+    zero_copy: bool = False  # host is mapped device memory: no copies
 
     def host_view(self, batch: int) -> np.ndarray:
         """The first `batch` rows of the pinned buffer: contiguous, so it can be copied as one block."""
@@ -118,7 +109,7 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def from_bundle(cls, bundle: Any, precision: str = "fp16", cache: Any = None, batch_range: Sequence[int] | None = None,
-                    fp16_source: str = "auto", **kw: Any) -> "TensorRTRunner":
+                    fp16_source: str = "auto", target: Any = None, **kw: Any) -> "TensorRTRunner":
         """A runner whose engine comes from the engine cache, built from the bundle's ONNX on first use.
 
         precision: 'fp32', 'fp16', 'int8' or 'int8-trt'; cache: an EngineCache, a cache folder, or None
@@ -128,8 +119,7 @@ class TensorRTRunner(Runner):
             engine_precision = precisions.engine_precision(precision)
         except UsageError as e:
             raise BundleError(str(e)) from None
-        # Import here: the export package is not part of the runtime's import graph until TensorRT is used.
-        from wbc_edge.export.tensorrt import DEFAULT_BATCH_RANGE, EngineCache, engine_from_bundle  # noqa: PLC0415
+        from wbc_edge.runtime.backends.tensorrt_build import DEFAULT_BATCH_RANGE, EngineCache, engine_from_bundle  # noqa: PLC0415
 
         engine_cache = cache if isinstance(cache, EngineCache) else EngineCache(cache)
         batches = tuple(batch_range) if batch_range is not None else DEFAULT_BATCH_RANGE
@@ -137,7 +127,8 @@ class TensorRTRunner(Runner):
         state: dict[str, str] = {}
 
         def load() -> bytes:
-            engine, key = engine_from_bundle(bundle, engine_precision, engine_cache, batches, fp16_source=fp16_source, trt_module=trt_module)
+            engine, key = engine_from_bundle(bundle, engine_precision, engine_cache, batches, fp16_source=fp16_source, trt_module=trt_module,
+                                             target=target)
             state["key"] = key
             return engine
 
@@ -146,6 +137,18 @@ class TensorRTRunner(Runner):
             return load()
 
         return cls(load, bundle.spec, precision=precision, on_stale=rebuild, **kw)
+
+    @classmethod
+    def from_engine_file(cls, path: str | os.PathLike, bundle: Any, trt_module: Any | None = None, target: Any = None, **kw: Any) -> "TensorRTRunner":
+        """`wbc-run --engine FILE`: a prebuilt engine, checked (sidecar) against the bundle's spec and this TensorRT and GPU."""
+        from wbc_edge.runtime.backends import tensorrt_build as tb  # noqa: PLC0415
+
+        here = target if target is not None else tb.current_target(trt_module)
+        engine, meta = tb.read_engine_file(path, bundle.spec, here)
+        precision = precisions.ENGINE_SOURCE.get(meta.get("precision"), "fp32")
+        runner = cls(engine, bundle.spec, precision=precision, trt_module=trt_module, name=f"tensorrt-{meta.get('precision')}[{Path(path).name}]", **kw)
+        runner.engine_meta = meta
+        return runner
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _load_engine_bytes(self) -> bytes:
@@ -182,42 +185,85 @@ class TensorRTRunner(Runner):
                 self._runtime = trt.Runtime(trt_logger(trt))
                 self._engine = self._deserialize(self._runtime, data)
                 specs, self.batch_range = binding_shapes(self._engine, trt)
-                self._check_engine_io([(n, i) for n, i, _, _ in specs])
+                names = self._engine_io_names([(n, i, s) for n, i, _, s in specs])
                 self._stream = self._memory.create_stream()
-                self._bindings = {}
-                for name, is_input, dtype, shape in specs:
-                    host = self._memory.pinned_empty(shape, dtype)
-                    device = self._memory.device_alloc(host.nbytes)
-                    self._bindings[name] = TensorBinding(name, is_input, dtype, shape, host, device)
+                wanted = [s for s in specs if s[0] in names]
+                self._bindings = self._allocate(wanted, names, zero_copy=self._memory.zero_copy)
                 self._context = self._engine.create_execution_context()
                 if self._context is None:
                     raise BackendUnavailable(f"{self.name}: TensorRT could not create an execution context (out of GPU memory?)")
                 for b in self._bindings.values():
-                    self._context.set_tensor_address(b.name, b.device.ptr)
+                    if not self._context.set_tensor_address(b.engine_name, b.device.ptr):
+                        raise BackendUnavailable(f"{self.name}: TensorRT refused the device address of tensor '{b.engine_name}'")
         except BaseException:
             self._release()
             raise
-        log.info("%s: engine ready, batch %d..%d, CUDA memory via %s", self.name, *self.batch_range, self._memory.name)
+        log.info("%s: engine ready, batch %d..%d, CUDA memory via %s%s", self.name, *self.batch_range, self._memory.name,
+                 " (zero-copy mapped host memory)" if self._memory.zero_copy else "")
 
-    def _check_engine_io(self, io: list[tuple[str, bool]]) -> None:
-        names = {n for n, _ in io}
-        inputs = [n for n, is_in in io if is_in]
-        if inputs != [self.spec.input_name]:
+    def _allocate(self, specs: list, names: dict[str, str], zero_copy: bool) -> dict[str, TensorBinding]:
+        """One host and one device buffer per tensor; on an integrated GPU one mapped buffer (zero-copy).
+
+        Mapped memory that the driver refuses (a context without host mapping) falls back to copies,
+        with a warning, rather than failing: zero-copy is an optimisation, not a requirement.
+        """
+        bindings = {}
+        try:
+            for engine_name, is_input, dtype, shape in specs:
+                if zero_copy:
+                    host, device = self._memory.mapped_empty(shape, dtype)
+                else:
+                    host = self._memory.pinned_empty(shape, dtype)
+                    device = self._memory.device_alloc(host.nbytes)
+                bindings[names[engine_name]] = TensorBinding(names[engine_name], is_input, dtype, shape, host, device, engine_name, zero_copy)
+        except Exception as e:  # pycuda raises its own driver errors; cuda-python ours (CudaError)
+            if not zero_copy:
+                raise
+            log.warning("%s: mapped host memory refused (%s); using device buffers and copies", self.name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            self._memory.zero_copy = False
+            return self._allocate(specs, names, zero_copy=False)
+        return bindings
+
+    def _engine_io_names(self, io: list[tuple[str, bool, tuple[int, ...]]]) -> dict[str, str]:
+        """{engine tensor name: spec name}. Engines from the ONNX carry the spec's names; a Torch-TensorRT
+        engine names its outputs output0, output1 in the module's return order (probs, head_probs), so
+        those are mapped by position, each checked by rank ([B, K] and [B, H, K])."""
+        inputs = [n for n, is_in, _ in io if is_in]
+        if len(inputs) != 1:
+            raise SpecError(f"{self.name}: engine inputs {inputs}: expected one, the spec's '{self.spec.input_name}'")
+        outputs = [(n, shape) for n, is_in, shape in io if not is_in]
+        wanted = self.output_names()
+        names = {n for n, _ in outputs}
+        mapping = {inputs[0]: self.spec.input_name}
+        positional = [n for n, _ in outputs]
+        torch_style = positional[: len(wanted)] == [f"output{i}" for i in range(len(wanted))]
+        if inputs[0] != self.spec.input_name and not torch_style:
             raise SpecError(f"{self.name}: engine input {inputs} is not the spec's input '{self.spec.input_name}'")
-        for wanted in self.output_names():
-            if wanted not in names:
-                raise SpecError(f"{self.name}: engine has no output '{wanted}' (tensors {sorted(names)})")
+        if all(w in names for w in wanted):
+            mapping.update({w: w for w in wanted})
+            return mapping
+        if torch_style:
+            ranks = {self.spec.probs_name: 2, self.spec.head_probs_name: 3}
+            for (engine_name, shape), spec_name in zip(outputs, wanted):
+                if spec_name in ranks and len(shape) != ranks[spec_name]:
+                    raise SpecError(f"{self.name}: engine output '{engine_name}' has shape {shape}, not the rank-{ranks[spec_name]} '{spec_name}'")
+                mapping[engine_name] = spec_name
+            log.info("%s: engine outputs %s mapped by position to %s", self.name, positional[: len(wanted)], wanted)
+            return mapping
+        missing = [w for w in wanted if w not in names]
+        raise SpecError(f"{self.name}: engine has no output '{missing[0]}' (tensors {sorted(names | set(inputs))})")
 
     def _release(self) -> None:
-        # TensorRT objects go first (context, engine, runtime), then the memory they point into.
+        # TensorRT objects go first (context, engine, runtime), then the stream and the memory (CudaMemory.close
+        # synchronizes and destroys its streams before it frees the buffers they used).
         self._context = None
         self._engine = None
         self._runtime = None
         self._bindings = {}
+        self._stream = None
         if self._memory is not None:
             self._memory.close()
         self._memory = None
-        self._stream = None
 
     def _deactivate_impl(self) -> None:
         self._release()
@@ -250,16 +296,20 @@ class TensorRTRunner(Runner):
         view[:n] = x
         if run_batch > n:
             view[n:] = 0
-        self._context.set_input_shape(inp.name, view.shape)
-        memory.copy_htod_async(inp.device, view, stream)
+        if not self._context.set_input_shape(inp.engine_name, view.shape):
+            raise SpecError(f"{self.name}: TensorRT refused input shape {view.shape} (engine profile batch {self.batch_range[0]}..{self.batch_range[1]})")
+        if not inp.zero_copy:
+            memory.copy_htod_async(inp.device, view, stream)
         if not self._context.execute_async_v3(stream.handle):
             raise BackendUnavailable(f"{self.name}: TensorRT execute_async_v3 failed (see TensorRT's log)")
-        outputs = [b for b in self._bindings.values() if not b.is_input]
         views = {}
-        for b in outputs:
-            shape = tuple(int(d) for d in self._context.get_tensor_shape(b.name))
+        for b in self._bindings.values():
+            if b.is_input:
+                continue
+            shape = tuple(int(d) for d in self._context.get_tensor_shape(b.engine_name))
             out_view = b.host_view(shape[0] if shape else run_batch)
-            memory.copy_dtoh_async(out_view, b.device, stream)
+            if not b.zero_copy:
+                memory.copy_dtoh_async(out_view, b.device, stream)
             views[b.name] = out_view
         memory.synchronize(stream)
         # Copy out of the pinned buffers: the next batch overwrites them.
