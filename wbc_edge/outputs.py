@@ -72,6 +72,21 @@ def _is_video(path: Path) -> bool:
     return head[4:8] == b"ftyp" or head.startswith(_VIDEO_MAGIC)
 
 
+def _is_engine(path: Path) -> bool:
+    return path.with_name(path.name + ".json").is_file()  # wbc-engine writes a sidecar beside each engine
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == _SQLITE_MAGIC
+    except OSError:
+        return False
+
+
 def _is_empty(path: Path) -> bool:
     return path.stat().st_size == 0
 
@@ -83,6 +98,8 @@ KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "report": ("wbc-edge HTML report", _is_report),
     "json": ("JSON file", _is_json),
     "video": ("video file", _is_video),
+    "engine": ("TensorRT engine written by wbc-engine (FILE.json beside it)", _is_engine),
+    "outbox": ("SQLite outbox", _is_sqlite),
 }
 
 
@@ -168,3 +185,14 @@ def check_paths(outputs: Iterable[Output], inputs: Iterable[Input] = ()) -> None
             if not test(real):
                 raise UsageError(f"{where}: exists and is not a {name}; refusing to overwrite it")
 
+
+
+def source_input(flag: str, uri: str | None) -> Input | None:
+    """A frame source as an input when it is local (a frames folder, a video, an image): nothing
+    may be written over or into it. Cameras and synthetic:// have no path to protect."""
+    if not uri:
+        return None
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if "://" in path or path.startswith(("gst:", "/dev/")) or not os.path.exists(path):
+        return None
+    return Input(flag, path, untouchable_tree=True)

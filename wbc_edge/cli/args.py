@@ -9,6 +9,8 @@ import argparse
 import math
 from dataclasses import dataclass
 
+from wbc_edge.spec import INPUT_SIZE_RANGE
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with its mistakes on one line (no usage dump), exit code 2 as before."""
@@ -73,3 +75,12 @@ POINTS = Number(float, 0, 100, unit="weighted-F1 points")
 FRACTION = Number(float, 0, 1)
 POSITIVE = Number(float, 0, lo_open=True)
 PIXELS = Number(int, 8, 4096, unit="px")
+WORKSPACE_MB = Number(int, 16, 1 << 20, unit="MiB")
+OPSET = Number(int, 13, 21)
+PORT = Number(int, 1, 65535)
+NONNEGATIVE = Number(float, 0)
+RBC_UM = Number(float, 3, 20, unit="um")
+FPS = Number(float, 0, 1000, lo_open=True, unit="frames/s")
+FRAME_PX = Number(int, 64, 16384, unit="px")
+MAGNIFICATION = Number(float, 0.1, 10)
+INPUT_PX = Number(int, *INPUT_SIZE_RANGE, unit="px")

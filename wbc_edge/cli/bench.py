@@ -15,7 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
+from wbc_edge.cli import args
 from wbc_edge.errors import WbcError
+from wbc_edge.outputs import Input, Output, check_paths
 
 log = logging.getLogger("wbc_edge.cli.bench")
 
@@ -41,7 +43,7 @@ def _batches(text: str) -> tuple[int, ...]:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     from wbc_edge.bench.run import BACKENDS, PRECISIONS
 
-    p = argparse.ArgumentParser("wbc-bench", description=__doc__, add_help=add_help,
+    p = args.Parser("wbc-bench", description=__doc__, add_help=add_help,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="the .wbc bundle")
     p.add_argument("--backends", default=",".join(BACKENDS), type=lambda t: _list(t, BACKENDS, "--backends"),
@@ -49,14 +51,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--precisions", default=",".join(PRECISIONS), type=lambda t: _list(t, PRECISIONS, "--precisions"),
                    help="comma list of %(default)s")
     p.add_argument("--batch", default="1,8,32", type=_batches, help="batch sizes (default: %(default)s)")
-    p.add_argument("--img-size", type=int, default=None, help="must equal the bundle's input size (a check, not a resize)")
-    p.add_argument("--rounds", type=int, default=30, help="timed rounds per configuration (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration first (default: %(default)s)")
+    p.add_argument("--img-size", type=args.INPUT_PX, default=None, help="must equal the bundle's input size (a check, not a resize)")
+    p.add_argument("--rounds", type=args.COUNT, default=30, help="timed rounds per configuration (default: %(default)s)")
+    p.add_argument("--warmup", type=args.Number(int, 0), default=3, help="untimed calls per configuration first (default: %(default)s)")
     p.add_argument("--data", type=Path, default=None, help="labelled cells (folder or manifest) for accuracy per precision")
-    p.add_argument("--sets", type=int, default=8, help="synthetic four-light sets for the pipeline runs (default: %(default)s)")
+    p.add_argument("--sets", type=args.COUNT, default=8, help="synthetic four-light sets for the pipeline runs (default: %(default)s)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="release model.pt for the PyTorch eager baseline (default: the bundle's weights.npz)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for ONNX Runtime and torch (default: theirs)")
+    p.add_argument("--threads", type=args.THREADS, default=None, help="intra-op threads for ONNX Runtime and torch (default: theirs)")
     p.add_argument("--no-pipeline", action="store_true", help="skip the pipeline, cold start and RSS parts")
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for bench.json and bench.md (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="print only the table")
@@ -74,14 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     from wbc_edge.bench import BenchOptions, format_markdown, run_bench, write_report
 
-    for flag, value, low in (("--rounds", a.rounds, 1), ("--warmup", a.warmup, 0), ("--sets", a.sets, 1)):
-        if value < low:
-            print(f"wbc-bench: {flag} {value}: must be >= {low}", file=sys.stderr)
-            return 2
     opts = BenchOptions(model=a.model, backends=a.backends, precisions=a.precisions, batches=a.batch,
                         img_size=a.img_size, rounds=a.rounds, warmup=a.warmup, data=a.data, sets=a.sets,
                         checkpoint=a.checkpoint, out=a.out, threads=a.threads, pipeline=not a.no_pipeline)
     try:
+        check_paths([Output("--out", a.out, "dir")],
+                    [Input("--model", a.model), Input("--data", a.data, untouchable_tree=True), Input("--checkpoint", a.checkpoint)])
         report = run_bench(opts, progress=log.info)
         json_path, md_path = write_report(report, a.out)
     except WbcError as e:

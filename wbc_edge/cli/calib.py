@@ -14,33 +14,35 @@ import logging
 import sys
 from pathlib import Path
 
+from wbc_edge.cli import args
+from wbc_edge.outputs import Input, Output, check_paths, source_input
 from wbc_edge.errors import WbcError
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("wbc-calib", description=__doc__, add_help=add_help,
+    p = args.Parser("wbc-calib", description=__doc__, add_help=add_help,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("select", help="stratified sample of a fold's training cells")
     s.add_argument("--run", type=Path, required=True, help="training run directory")
-    s.add_argument("--fold", type=int, default=0)
+    s.add_argument("--fold", type=args.INDEX, default=0)
     s.add_argument("--method", default="mimo-kd", help="method (as wbc-train names it) whose spec (lights, input size) the inputs follow")
-    s.add_argument("--size", type=int, default=256, help="cells to select (default: %(default)s; 300+ recommended)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=args.COUNT, default=256, help="cells to select (default: %(default)s; 300+ recommended)")
+    s.add_argument("--seed", type=args.INDEX, default=0)
     s.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("capture", help="cells located in frames captured on the device")
     c.add_argument("--source", required=True, help="frame source URI (/dev/video0, csi://0, a folder, synthetic://)")
-    c.add_argument("--sets", type=int, default=100, help="four-light sets to read (default: %(default)s)")
+    c.add_argument("--sets", type=args.COUNT, default=100, help="four-light sets to read (default: %(default)s)")
     c.add_argument("--bundle", type=Path, required=True, help="bundle whose spec (lights, input size) the inputs follow")
-    c.add_argument("--max-cells", type=int, default=512, help="keep at most this many cells (default: %(default)s)")
-    c.add_argument("--crop-px", type=int, help="window cut around each cell (default: the runtime's for this bundle)")
+    c.add_argument("--max-cells", type=args.COUNT, default=512, help="keep at most this many cells (default: %(default)s)")
+    c.add_argument("--crop-px", type=args.PIXELS, help="window cut around each cell (default: the runtime's for this bundle)")
     c.add_argument("--profile", type=Path, help="device profile (wbc-calib optics): the camera's scale for locating and cropping")
     c.add_argument("--out", type=Path, required=True)
     o = sub.add_parser("optics", help="measure the camera's micrometres per pixel from its frames (red cells as the ruler)")
     o.add_argument("--source", required=True, help="frame source URI (/dev/video0, csi://0, a folder, a video, synthetic://)")
-    o.add_argument("--frames", type=int, default=12, help="frames to read (default: %(default)s: three four-light cycles)")
+    o.add_argument("--frames", type=args.COUNT, default=12, help="frames to read (default: %(default)s: three four-light cycles)")
     o.add_argument("--serial", default=None, help="camera serial number to record in the profile")
-    o.add_argument("--rbc-um", type=float, default=None, help="red-cell diameter of the sample in um (default: 7.5)")
+    o.add_argument("--rbc-um", type=args.RBC_UM, default=None, help="red-cell diameter of the sample in um (default: 7.5)")
     o.add_argument("--out", type=Path, required=True, help="device profile JSON to write")
     return p
 
@@ -90,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout, force=True)
     logging.getLogger("wbc_edge").setLevel(logging.INFO)
     try:
+        check_paths([Output("--out", a.out, "json" if a.command == "optics" else "dir")],
+                    [Input("--run", getattr(a, "run", None)), Input("--bundle", getattr(a, "bundle", None)),
+                     Input("--profile", getattr(a, "profile", None)),
+                     *filter(None, [source_input("--source", getattr(a, "source", None))])])
         return {"select": select_main, "capture": capture_main, "optics": optics_main}[a.command](a)
     except WbcError as e:
         print(f"wbc-calib {a.command}: {e}", file=sys.stderr)

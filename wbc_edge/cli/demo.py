@@ -12,23 +12,24 @@ import sys
 import time
 from pathlib import Path
 
+from wbc_edge.cli import args as argtypes
 from wbc_edge.errors import WbcError
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("wbc-demo", description=__doc__, add_help=add_help,
+    p = argtypes.Parser("wbc-demo", description=__doc__, add_help=add_help,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="folder for data, run, bundle, results and report (default: %(default)s)")
-    p.add_argument("--cells", type=int, default=1500, help="synthetic cells to train on (default: %(default)s)")
+    p.add_argument("--cells", type=argtypes.COUNT, default=1500, help="synthetic cells to train on (default: %(default)s)")
     p.add_argument("--class-mix", default="balanced",
                    help="class mix of the training cells: balanced (default, so the rare classes are learned in a few "
                         "epochs) or paper (NEU 64.5%%, LYM 29.8%%, EOS 4.5%%, MO 0.8%%, BAS 0.3%%)")
-    p.add_argument("--epochs", type=int, default=8, help="epochs per network (default: %(default)s)")
-    p.add_argument("--img-size", type=int, default=64, help="network input size in pixels (default: %(default)s)")
+    p.add_argument("--epochs", type=argtypes.COUNT, default=8, help="epochs per network (default: %(default)s)")
+    p.add_argument("--img-size", type=argtypes.INPUT_PX, default=64, help="network input size in pixels (default: %(default)s)")
     p.add_argument("--backbone", default="shufflenet_v2_x1_0")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-cells", type=int, default=200, help="stop the count after this many cells, like an analyzer's 200-cell differential")
-    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy gate: largest weighted-F1 drop in points for INT8")
+    p.add_argument("--seed", type=argtypes.INDEX, default=0)
+    p.add_argument("--max-cells", type=argtypes.COUNT, default=200, help="stop the count after this many cells, like an analyzer's 200-cell differential")
+    p.add_argument("--max-drop", type=argtypes.POINTS, default=1.0, help="accuracy gate: largest weighted-F1 drop in points for INT8")
     return p
 
 

@@ -16,47 +16,49 @@ import logging
 import sys
 from pathlib import Path
 
+from wbc_edge.cli import args
 from wbc_edge.errors import AccuracyGateError, UsageError, WbcError
+from wbc_edge.outputs import Input, Output, check_paths
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("wbc-export", description=__doc__, add_help=add_help,
+    p = args.Parser("wbc-export", description=__doc__, add_help=add_help,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help="training run directory (RUN/folds/fold<k>/<method>/model.pt)")
     src.add_argument("--checkpoint", type=Path, help="a release model.pt (split.json two folders up is used when present)")
     p.add_argument("--method", default="mimo-kd", help="method as wbc-train names it, e.g. mimo-kd, single:color1 (default: %(default)s)")
-    p.add_argument("--fold", type=int, default=0, help="fold inside the run (default: %(default)s)")
+    p.add_argument("--fold", type=args.INDEX, default=0, help="fold inside the run (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="bundle to write (.wbc)")
     p.add_argument("--int8", action="store_true", help="add static INT8 (explicit Q/DQ) graphs")
     p.add_argument("--int8-variant", default="trt,cpu", help="Q/DQ variants: trt (symmetric int8) and/or cpu (uint8 activations) (default: %(default)s)")
     p.add_argument("--fp16", action="store_true", help="add an FP16 graph with FP32 I/O (TensorRT 11 strongly typed FP16)")
     calib = p.add_mutually_exclusive_group()
     calib.add_argument("--calib", type=Path, help="calibration set folder from wbc-calib (default: select from the fold's training split)")
-    calib.add_argument("--calib-size", type=int, default=256, help="cells to select from the training split (default: %(default)s)")
+    calib.add_argument("--calib-size", type=args.COUNT, default=256, help="cells to select from the training split (default: %(default)s)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
-    p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed weighted-F1 drop vs FP32, in points (default: %(default)s)")
-    p.add_argument("--min-agreement", type=float, help="also fail a precision whose predictions agree with FP32 on fewer than this %% of cells")
+    p.add_argument("--max-drop", type=args.POINTS, default=1.0, help="largest allowed weighted-F1 drop vs FP32, in points (default: %(default)s)")
+    p.add_argument("--min-agreement", type=args.PERCENT, help="also fail a precision whose predictions agree with FP32 on fewer than this %% of cells")
     p.add_argument("--gate-data", type=Path, help="held-out dataset for the gate (default: the fold's validation split)")
     p.add_argument("--keep-float", default="", help="comma-separated node names to leave unquantized")
     p.add_argument("--no-fallback", action="store_true", help="do not keep sensitive layers in float automatically when the gate fails")
     p.add_argument("--engine", default="", help="also build TensorRT engines for this host: fp16,int8 (needs TensorRT and a CUDA GPU)")
     p.add_argument("--engine-batch", default=None, metavar="MIN,OPT,MAX",
                    help="engine batch range, as trtexec's min/opt/max shapes (default: 1,8,32)")
-    p.add_argument("--workspace-mb", type=int, default=None, help="TensorRT builder workspace in MiB (default: 1024)")
+    p.add_argument("--workspace-mb", type=args.WORKSPACE_MB, default=None, help="TensorRT builder workspace in MiB (default: 1024)")
     p.add_argument("--via", default="onnx", choices=["onnx", "torch-tensorrt"], help="how engines are built (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, help="calibration-range cache (default: .wbc-calib-cache beside --out)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=args.OPSET, default=17, help="ONNX opset (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (no step progress or table)")
     return p
 
 
 def get_compare_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("wbc-export compare", description="Accuracy of every precision in a bundle vs its FP32 graph.", add_help=add_help)
+    p = args.Parser("wbc-export compare", description="Accuracy of every precision in a bundle vs its FP32 graph.", add_help=add_help)
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="labelled dataset to evaluate on")
-    p.add_argument("--max-drop", type=float, default=1.0)
-    p.add_argument("--min-agreement", type=float)
+    p.add_argument("--max-drop", type=args.POINTS, default=1.0)
+    p.add_argument("--min-agreement", type=args.PERCENT)
     p.add_argument("--json", type=Path, help="also write the report here")
     p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"),
                    help="tensorrt: gate the engines built on this device beside ONNX Runtime FP32, and record auto's choice")
@@ -66,7 +68,7 @@ def get_compare_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def get_quantify_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("wbc-export quantify", add_help=add_help,
+    p = args.Parser("wbc-export quantify", add_help=add_help,
                                 description="Measure temperatures and held-out confusion of an existing bundle on labelled cells "
                                             "it never trained on, and write it again with quantification.json (atomically).")
     p.add_argument("--bundle", type=Path, required=True)
@@ -84,6 +86,8 @@ def quantify_main(argv: list[str]) -> int:
     from wbc_edge.synth.cells import resolve_mix
 
     try:
+        check_paths([Output("--out", a.out or a.bundle, "bundle")], [Input("--data", a.data, untouchable_tree=True)]
+                    + ([Input("--bundle", a.bundle)] if a.out else []))
         quant = add_quantification(a.bundle, a.data, resolve_mix(a.train_prior), a.out)
     except WbcError as e:
         print(f"wbc-export quantify: {e}", file=sys.stderr)
@@ -107,6 +111,7 @@ def compare_main(argv: list[str]) -> int:
     from wbc_edge.export.pipeline import compare_bundle
 
     try:
+        check_paths([Output("--json", a.json, "json")], [Input("--bundle", a.bundle), Input("--data", a.data, untouchable_tree=True)])
         if a.backend == "tensorrt":
             from wbc_edge.export.engine_gate import compare_engines
             from wbc_edge.runtime.backends.tensorrt_build import parse_engine_list
@@ -159,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             engines=engines, engine_options=engine_options, via=a.via, cache_dir=a.cache_dir, opset=a.opset,
         )
         checkpoint = a.checkpoint if a.checkpoint is not None else checkpoint_in_run(a.run, a.method, a.fold)
+        check_paths([Output("--out", a.out, "bundle")],
+                    [Input("--checkpoint", checkpoint), Input("--calib", a.calib, untouchable_tree=True),
+                     Input("--gate-data", a.gate_data, untouchable_tree=True)])
         result = export_bundle(load_source(checkpoint), options, emit)
     except AccuracyGateError as e:
         print(f"wbc-export: {e}; no bundle written", file=sys.stderr)

@@ -19,17 +19,19 @@ import sys
 import time
 from pathlib import Path
 
+from wbc_edge.cli import args
 from wbc_edge.errors import WbcError
+from wbc_edge.outputs import Input, Output, check_paths
 
 DEFAULT_OUTBOX = "lis-outbox.sqlite"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("wbc-lis", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = args.Parser("wbc-lis", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--outbox", default=os.environ.get("WBC_LIS_OUTBOX", DEFAULT_OUTBOX), metavar="FILE",
                    help="the outbox (SQLite; default: $WBC_LIS_OUTBOX or %(default)s)")
-    p.add_argument("--outbox-max-mb", type=float, default=None, metavar="MB",
+    p.add_argument("--outbox-max-mb", type=args.POSITIVE, default=None, metavar="MB",
                    help="cap the outbox file (a queue beyond it fails, one line, nothing lost)")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = p.add_subparsers(dest="command", required=True)
@@ -41,16 +43,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("send", help="drain the outbox to the LIS")
     s.add_argument("--host", default=os.environ.get("WBC_LIS_HOST"), help="LIS host (default: $WBC_LIS_HOST)")
-    s.add_argument("--port", type=int, default=int(os.environ.get("WBC_LIS_PORT", "0")) or None,
+    s.add_argument("--port", type=args.PORT, default=int(os.environ.get("WBC_LIS_PORT", "0")) or None,
                    help="LIS MLLP port (default: $WBC_LIS_PORT)")
     s.add_argument("--fhir-url", metavar="URL", help="send FHIR transactions to this base URL instead of MLLP")
-    s.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait this long for an ACK (default: %(default)s)")
-    s.add_argument("--attempts", type=int, default=5, metavar="N", help="tries per message per drain (default: %(default)s)")
-    s.add_argument("--backoff", type=float, default=1.0, metavar="S",
+    s.add_argument("--timeout", type=args.SECONDS, default=10.0, metavar="S", help="wait this long for an ACK (default: %(default)s)")
+    s.add_argument("--attempts", type=args.COUNT, default=5, metavar="N", help="tries per message per drain (default: %(default)s)")
+    s.add_argument("--backoff", type=args.NONNEGATIVE, default=1.0, metavar="S",
                    help="first wait between tries, doubling, at most 60 s (default: %(default)s)")
-    s.add_argument("--every", type=float, default=0.0, metavar="S",
+    s.add_argument("--every", type=args.NONNEGATIVE, default=0.0, metavar="S",
                    help="keep sending: drain again every S seconds until SIGTERM/SIGINT (default: once)")
-    s.add_argument("--keep-sent-days", type=float, default=90.0, metavar="D",
+    s.add_argument("--keep-sent-days", type=args.NONNEGATIVE, default=90.0, metavar="D",
                    help="forget accepted messages older than D days (replay reads them; default: %(default)s)")
 
     sub.add_parser("status", help="what is pending, held and sent")
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     a = get_args_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, a.log_level), format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_paths([Output("--outbox", a.outbox, "outbox"), Output("--out", getattr(a, "out", None), "dir")],
+                    [Input("RESULTS", getattr(a, "results", None)), Input("--reference-table", getattr(a, "reference_table", None))])
         return COMMANDS[a.command](a)
     except WbcError as e:
         print(f"wbc-lis: {e}", file=sys.stderr)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from wbc_edge import precisions
+from wbc_edge.cli import args
+from wbc_edge.outputs import Input, Output, check_paths, source_input
 from wbc_edge.errors import WbcError
 
 log = logging.getLogger("wbc_edge.cli.run")
@@ -47,7 +49,7 @@ def default_model() -> Path | None:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("wbc-run", description=__doc__, epilog=SOURCE_USAGE, add_help=add_help,
+    p = args.Parser("wbc-run", description=__doc__, epilog=SOURCE_USAGE, add_help=add_help,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="?", default=None, metavar="SOURCE", help="frame source URI (default: synthetic://)")
     p.add_argument("--camera", metavar="DEV", help="camera device, e.g. /dev/video0 (same as giving it as SOURCE)")
@@ -56,16 +58,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=precisions.CHOICES)
     p.add_argument("--engine-cache", metavar="DIR", help="TensorRT engine cache folder (default: the TensorRT backend's)")
     p.add_argument("--engine", metavar="FILE", help="a prebuilt TensorRT engine (wbc-engine build --output), checked against the bundle and this GPU")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="ONNX Runtime intra-op threads (default: ORT's choice)")
-    p.add_argument("--batch", type=int, default=8, metavar="N", help="cells per inference batch (default: %(default)s)")
-    p.add_argument("--max-wait-ms", type=float, default=20.0, metavar="MS",
+    p.add_argument("--threads", type=args.THREADS, default=None, metavar="N", help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    p.add_argument("--batch", type=args.BATCH, default=8, metavar="N", help="cells per inference batch (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=args.MILLISECONDS, default=20.0, metavar="MS",
                    help="run a partial batch when its oldest cell waited this long (default: %(default)s)")
-    p.add_argument("--max-cells", type=int, default=None, metavar="N", help="stop after N cells (an analyzer's differential: 200)")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-cells", type=args.COUNT, default=None, metavar="N", help="stop after N cells (an analyzer's differential: 200)")
+    p.add_argument("--duration", type=args.SECONDS, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--missing-light", default="skip", choices=("skip", "heads"),
                    help="a set missing a light: skip it, or classify with the present lights' heads (flagged)")
     p.add_argument("--order", default=None, metavar="L1,L2,..", help="the camera's light cycle (default: the model's lights)")
-    p.add_argument("--crop-px", type=int, default=None, metavar="PX", help="crop window in frame pixels (default: from the bundle)")
+    p.add_argument("--crop-px", type=args.PIXELS, default=None, metavar="PX", help="crop window in frame pixels (default: from the bundle)")
     p.add_argument("--profile", metavar="FILE", default=None,
                    help="device profile JSON (camera um/px, from `wbc-calib optics`); default: the scale is measured "
                         "from the first frames' red cells (the simulated camera states its own)")
@@ -83,14 +85,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--display", action="store_true", help="show frames with boxes and labels (needs a display)")
     p.add_argument("--save-video", metavar="FILE", help="record the annotated bright-field frames (.mp4, .avi)")
     p.add_argument("--stats", action="store_true", help="print per-stage latency and throughput at the end")
-    p.add_argument("--stats-every", type=float, default=None, metavar="S", help="also print stats every S seconds")
+    p.add_argument("--stats-every", type=args.SECONDS, default=None, metavar="S", help="also print stats every S seconds")
     p.add_argument("--quiet", action="store_true", help="no live status line")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
 
 def get_summarize_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("wbc-run summarize", description="Rebuild a run's differential from its results file.")
+    p = args.Parser("wbc-run summarize", description="Rebuild a run's differential from its results file.")
     p.add_argument("results", help="results.jsonl written by wbc-run --out")
     p.add_argument("--report", metavar="FILE", help="also write the HTML report (without the cell gallery)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -128,6 +130,7 @@ def summarize_main(argv: list[str]) -> int:
     from wbc_edge.runtime.results import summarize
 
     a = get_summarize_parser().parse_args(argv)
+    check_paths([Output("--report", a.report, "report")], [Input("RESULTS", a.results)])
     summary = summarize(a.results)
     if a.json:
         print(json.dumps(summary.to_dict(), indent=2))
@@ -156,6 +159,10 @@ def run(a: argparse.Namespace) -> int:
     if model is None:
         raise WbcError("no --model given and no packaged demo bundle (wbc_edge/demo/demo.wbc); export one with wbc-export")
     uri = a.camera or a.source or "synthetic://"
+    check_paths([Output("--out", a.out, "results"), Output("--report", a.report, "report"),
+                 Output("--save-video", a.save_video, "video")],
+                [Input("--model", model), Input("--engine", a.engine), Input("--profile", a.profile),
+                 *filter(None, [source_input("SOURCE", uri)])])
     order = [s.strip() for s in a.order.split(",") if s.strip()] if a.order else None
 
     engine_runner = None

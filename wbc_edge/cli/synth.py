@@ -6,34 +6,36 @@ import json
 import logging
 import sys
 
+from wbc_edge.cli.args import COUNT, FPS, FRAME_PX, INDEX, MAGNIFICATION, PIXELS, Parser
 from wbc_edge.errors import WbcError
+from wbc_edge.outputs import Output, check_paths
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wbc-synth", description="Synthetic four-light white-blood-cell data (deterministic from --seed).")
+    parser = Parser(prog="wbc-synth", description="Synthetic four-light white-blood-cell data (deterministic from --seed).")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     cells = sub.add_parser("cells", help="a cell dataset: <out>/<class>/<cell_id>/<light>.png plus manifest.csv", parents=[common])
     cells.add_argument("--out", required=True, help="output folder")
-    cells.add_argument("--n", type=int, required=True, help="number of cells")
-    cells.add_argument("--seed", type=int, default=0)
-    cells.add_argument("--size", type=int, default=None, help="crop side in pixels (default: the native crop, CROP_PX)")
+    cells.add_argument("--n", type=COUNT, required=True, help="number of cells")
+    cells.add_argument("--seed", type=INDEX, default=0)
+    cells.add_argument("--size", type=PIXELS, default=None, help="crop side in pixels (default: the native crop, CROP_PX)")
     cells.add_argument("--class-mix", default="paper",
                        help="paper (default), balanced, a blood mix (normal, eosinophilia, neutrophilia, lymphocytosis, "
                             "monocytosis) or NEU=0.5,LYM=0.3,...")
-    cells.add_argument("--groups", type=int, default=8, help="simulated donors (group column)")
+    cells.add_argument("--groups", type=COUNT, default=8, help="simulated donors (group column)")
 
     frames = sub.add_parser("frames", help="camera frames: out/frames/*.png, out/video.avi, out/truth.jsonl, out/meta.json", parents=[common])
     frames.add_argument("--out", required=True, help="output folder")
-    frames.add_argument("--sets", type=int, required=True, help="number of four-light sets (fields)")
-    frames.add_argument("--seed", type=int, default=0)
+    frames.add_argument("--sets", type=COUNT, required=True, help="number of four-light sets (fields)")
+    frames.add_argument("--seed", type=INDEX, default=0)
     frames.add_argument("--order", default="fluorescent,color1,color2,color3", help="light order of the capture cycle")
-    frames.add_argument("--width", type=int, default=640)
-    frames.add_argument("--height", type=int, default=480)
-    frames.add_argument("--fps", type=float, default=30.0)
-    frames.add_argument("--scale", type=float, default=1.0,
+    frames.add_argument("--width", type=FRAME_PX, default=640)
+    frames.add_argument("--height", type=FRAME_PX, default=480)
+    frames.add_argument("--fps", type=FPS, default=30.0)
+    frames.add_argument("--scale", type=MAGNIFICATION, default=1.0,
                         help="magnification against the simulator's optics (2: cells twice as large; default: %(default)s)")
     frames.add_argument("--no-video", action="store_true", help="write the frame folder only")
     frames.add_argument("--mix", default=None,
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             print(result.summary())
             print(result.table())
         return 0
+    check_paths([Output("--out", args.out, "dir")])
     if args.command == "cells":
         manifest = write_cells(args.out, n=args.n, seed=args.seed, size=args.size or CROP_PX, class_mix=args.class_mix,
                                n_groups=args.groups, progress=not args.quiet)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from wbc_edge.cli.args import Parser
+from wbc_edge.cli.args import INPUT_PX, Parser
 from wbc_edge.errors import DataError, UsageError, WbcError
 from wbc_edge.spec import input_size_problem
 
@@ -186,7 +186,7 @@ def main_complexity(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog="wbc-train complexity",
                                      description="Print MACs (fvcore) and parameters of every Table 1 model.")
     parser.add_argument("--backbone", default="shufflenet_v2_x1_0", help="backbone name (default %(default)s)")
-    parser.add_argument("--img-size", type=int, default=224, help="input size in px (default %(default)s)")
+    parser.add_argument("--img-size", type=INPUT_PX, default=224, help="input size in px (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     try:
