@@ -54,10 +54,10 @@ def _is_report(path: Path) -> bool:
 
 def _is_json(path: Path) -> bool:
     try:
-        json.loads(path.read_text(encoding="utf-8"))
-        return True
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    return not (isinstance(value, dict) and "record" in value)  # a results file holding its header alone
 
 
 _VIDEO_MAGIC = (b"RIFF", b"\x1aE\xdf\xa3")  # AVI, Matroska; MP4 has 'ftyp' at offset 4

@@ -38,10 +38,14 @@ def _build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=None, help="engine cache folder (default: $WBC_EDGE_ENGINE_CACHE or ~/.cache/wbc-edge/engines)")
 
 
-def build_main(argv: list[str]) -> int:
+def get_build_parser() -> argparse.ArgumentParser:
     p = args.Parser("wbc-engine build", description="Build TensorRT engines for a bundle on this device.")
     _build_parser(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def build_main(argv: list[str]) -> int:
+    a = get_build_parser().parse_args(argv)
     from wbc_edge.bundle import Bundle
     from wbc_edge.runtime.backends import tensorrt_build as tb
 
@@ -59,11 +63,15 @@ def build_main(argv: list[str]) -> int:
     return 0
 
 
-def check_main(argv: list[str]) -> int:
+def get_check_parser() -> argparse.ArgumentParser:
     p = args.Parser("wbc-engine check", description="Check an engine file against a bundle and this TensorRT and GPU.")
     p.add_argument("engine", type=Path)
     p.add_argument("--model", type=Path, required=True)
-    a = p.parse_args(argv)
+    return p
+
+
+def check_main(argv: list[str]) -> int:
+    a = get_check_parser().parse_args(argv)
     from wbc_edge.bundle import Bundle
     from wbc_edge.runtime.backends import tensorrt_build as tb
 
@@ -76,7 +84,7 @@ def check_main(argv: list[str]) -> int:
     return 0
 
 
-def device_check_main(argv: list[str], prog: str = "wbc-engine device-check") -> int:
+def get_device_check_parser(prog: str = "wbc-engine device-check") -> argparse.ArgumentParser:
     p = args.Parser(prog, description="Build every engine, run parity, the engine gate and a short benchmark; write one report.")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data", type=Path, default=None, help="labelled held-out cells for the engine gate (without: parity on random pixels only)")
@@ -86,7 +94,11 @@ def device_check_main(argv: list[str], prog: str = "wbc-engine device-check") ->
     p.add_argument("--workspace-mb", type=args.WORKSPACE_MB, default=1024)
     p.add_argument("--rounds", type=args.COUNT, default=20, help="timed batches per engine (default: %(default)s)")
     p.add_argument("--cache", type=Path, default=None)
-    a = p.parse_args(argv)
+    return p
+
+
+def device_check_main(argv: list[str], prog: str = "wbc-engine device-check") -> int:
+    a = get_device_check_parser(prog).parse_args(argv)
     from wbc_edge.bench.device_check import DeviceCheckOptions, format_markdown, run_device_check, write_device_report
     from wbc_edge.runtime.backends import tensorrt_build as tb
 

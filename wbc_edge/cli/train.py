@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from wbc_edge.cli.args import INPUT_PX, Parser
+from wbc_edge.cli.args import INPUT_PX, Number, Parser
 from wbc_edge.errors import DataError, UsageError, WbcError
 from wbc_edge.spec import input_size_problem
 
@@ -30,6 +30,27 @@ def _fold_list(text: str) -> list[int]:
 
 # How a field's annotation becomes an argparse type (None-able fields default to None).
 _TYPES = {"int": int, "float": float, "str": str, "list[int]": _fold_list}
+# Fields whose valid range depends on another field: checked with the whole config, after parsing.
+_CROSS_FIELD = {"fold_subset", "batch_repetition", "warmup_epochs"}
+
+
+def _checked(name: str, base):
+    """A parse-time type for one TrainConfig field: its value checked by TrainConfig.validate itself
+    (the one home of the training ranges), so a bad value is a one-line argparse error."""
+    from wbc_edge.errors import SpecError
+    from wbc_edge.train.config import TrainConfig
+
+    def parse(text: str):
+        value = base(text)
+        if name not in _CROSS_FIELD:
+            try:
+                TrainConfig(**{name: value}).validate()
+            except SpecError as e:
+                raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+        return value
+
+    parse.__name__ = base.__name__
+    return parse
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
@@ -46,7 +67,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         flag = cli["flag"] or "--" + f.name.replace("_", "-")
         kind = str(f.type).replace(" | None", "")
         if f.name == "randaugment_n":  # one option, two fields
-            group.add_argument(flag, dest="randaugment", type=int, nargs=2, metavar=("N", "M"),
+            group.add_argument(flag, dest="randaugment", type=Number(int, 0, 30), nargs=2, metavar=("N", "M"),
                                default=[TrainConfig.randaugment_n, TrainConfig.randaugment_m],
                                help=cli["help"] + " (default %(default)s)")
         elif kind == "bool":
@@ -55,7 +76,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         else:
             shown = "" if f.default is None else " (default %(default)s)"
             metavar = cli["metavar"] or {"int": "N", "float": "X"}.get(kind)
-            group.add_argument(flag, dest=f.name, type=_TYPES[kind], default=f.default, metavar=metavar,
+            group.add_argument(flag, dest=f.name, type=_checked(f.name, _TYPES[kind]), default=f.default, metavar=metavar,
                                help=cli["help"] + shown)
 
 
@@ -181,13 +202,17 @@ def main_table(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def main_complexity(argv: Sequence[str] | None = None) -> int:
-    """`wbc-train complexity`: Table 1's MACs and params for a backbone, without training."""
-    parser = Parser(prog="wbc-train complexity",
-                                     description="Print MACs (fvcore) and parameters of every Table 1 model.")
+def get_complexity_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="wbc-train complexity", description="Print MACs (fvcore) and parameters of every Table 1 model.")
     parser.add_argument("--backbone", default="shufflenet_v2_x1_0", help="backbone name (default %(default)s)")
     parser.add_argument("--img-size", type=INPUT_PX, default=224, help="input size in px (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main_complexity(argv: Sequence[str] | None = None) -> int:
+    """`wbc-train complexity`: Table 1's MACs and params for a backbone, without training."""
+    parser = get_complexity_parser()
     args = parser.parse_args(argv)
     try:
         from wbc_edge.train.complexity import COMPLEXITY_METHODS, complexity_rows

@@ -111,6 +111,16 @@ class TrainConfig:
             raise bad("jobs", f"must be >= 0 (0: automatic), got {self.jobs}")
         if (problem := input_size_problem(self.img_size)) is not None:
             raise bad("img_size", problem)
+        if not 0 <= self.randaugment_n <= 14 or not 0 <= self.randaugment_m <= 30:
+            raise bad("randaugment", f"ops must be in 0..14 and magnitude in 0..30, got {self.randaugment_n} {self.randaugment_m}")
+        for name, value, lo, hi in (("weight_decay", self.weight_decay, 0.0, 1.0), ("warmup_epochs", self.warmup_epochs, 0.0, self.epochs),
+                                    ("label_smoothing", self.label_smoothing, 0.0, 0.99), ("kd_alpha", self.kd_alpha, 0.0, 1.0)):
+            if not lo <= value <= hi:
+                raise bad(name, f"must be in [{lo:g}, {hi:g}], got {value}")
+        for name, value, lo in (("eval_batch_size", self.eval_batch_size, 1), ("num_workers", self.num_workers, 0),
+                                ("threads", self.threads, 1), ("seed", self.seed, 0)):
+            if value is not None and value < lo:
+                raise bad(name, f"must be >= {lo}, got {value}")
 
     @property
     def peak_lr(self) -> float:
