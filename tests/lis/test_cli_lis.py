@@ -98,7 +98,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_lost(tmp_path, capsys, case
         (tmp_path / "t.json").write_text('{"intervals": {"neutrophil": [80, 40]}}')
         argv = ["queue", str(results_file(tmp_path / "r.jsonl", {"sample_id": "ACC-2"})), "--reference-table",
                 str(tmp_path / "t.json")]
-        want = "not a range"
+        want = "need 0 <= low <= high <= 100"
     elif case == "unknown_replay":
         argv, want = ["replay", "ACC-404"], "never queued"
     elif case == "bad_replay_id":

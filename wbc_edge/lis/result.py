@@ -16,8 +16,6 @@ from typing import Any, Mapping, Sequence
 from wbc_edge.errors import WbcError
 from wbc_edge.lis.identity import SampleIdentity
 
-REFERENCE_TABLE = Path(__file__).with_name("reference_intervals.json")
-
 # A sample is held for review (result still preliminary) when any of these holds.
 MIN_CELLS_FOR_RELEASE = 100  # CLSI H20 counts 200 cells by hand; under 100 the shares are too coarse
 MAX_DISAGREE_FRACTION = 0.10  # cells on which the light heads disagree
@@ -38,19 +36,16 @@ class ReferenceInterval:
 
 
 def load_reference_table(path: str | Path | None = None) -> tuple[dict[str, ReferenceInterval], str]:
-    """({class: interval in %}, source text) from an editable JSON table (default: the packaged one)."""
-    path = Path(path) if path is not None else REFERENCE_TABLE
+    """({class: interval in %}, source text): the runtime's reference table (`wbc_edge.runtime.reference`,
+    the packaged one by default), so the report, the summary and the message flag against the same numbers."""
+    from wbc_edge.errors import DataError
+    from wbc_edge.runtime.reference import DEFAULT_TABLE, load_reference_intervals
+
     try:
-        doc = json.loads(path.read_text())
-        intervals = {str(k): ReferenceInterval(float(v[0]), float(v[1])) for k, v in doc["intervals"].items()}
-    except OSError as e:
-        raise ResultError(f"reference table {path}: cannot read ({e.strerror or e})") from None
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise ResultError(f"reference table {path}: not a table of 'intervals': {{class: [low, high]}} ({e})") from None
-    for name, ri in intervals.items():
-        if not (0.0 <= ri.low <= ri.high <= 100.0):
-            raise ResultError(f"reference table {path}: {name}: [{ri.low}, {ri.high}] is not a range within 0-100 %")
-    return intervals, str(doc.get("source", path.name))
+        ref = load_reference_intervals(path if path is not None else DEFAULT_TABLE)
+    except DataError as e:
+        raise ResultError(f"reference table {e}") from None
+    return {c: ReferenceInterval(lo, hi) for c, (lo, hi) in ref.intervals.items()}, ref.source
 
 
 @dataclass
@@ -119,12 +114,14 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 
 
 def _rows(summary: Any) -> tuple[list[Any], str]:
-    """The differential rows to report and what they are. An estimated differential (with intervals),
-    when the summary has one, wins over the raw argmax count; raw counts always come from `rows`."""
+    """The differential rows to report and what they are. The estimated differential (the sample's
+    own mix, with its 95 % interval; `RunSummary.estimate`) wins over the argmax count when the run
+    has one; raw counts always come from `counts`."""
     estimate = _get(summary, "estimate")
-    est_rows = _get(estimate, "rows") if estimate is not None else None
-    if est_rows:
-        return list(est_rows), str(_get(estimate, "method", "estimate"))
+    if estimate:
+        shares, low, high = estimate["shares"], estimate["low"], estimate["high"]
+        rows = [{"label": c, "percent": 100.0 * shares[c], "ci_low": 100.0 * low[c], "ci_high": 100.0 * high[c]} for c in shares]
+        return rows, str(estimate.get("method", "estimate"))
     return list(_get(summary, "rows", []) or []), "count"
 
 
@@ -148,7 +145,8 @@ def from_summary(summary: Any, header: Mapping[str, Any] | None = None, reviewed
         shares.append(ClassShare(label=label, percent=float(_get(r, "percent")), count=counts.get(label, int(_get(r, "count", 0) or 0)),
                                  ci_low=None if lo is None else float(lo), ci_high=None if hi is None else float(hi),
                                  reference=table.get(label)))
-    reasons = review_reasons(shares, n_cells, _get(summary, "flag_counts") or {}, _get(summary, "review_reasons"))
+    assessment = _get(summary, "assessment") or {}
+    reasons = review_reasons(shares, n_cells, _get(summary, "flag_counts") or {}, assessment.get("review"))
     observed = str(header.get("started") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return SampleResult(sample=sample, shares=shares, n_cells=n_cells, review=bool(reasons), review_reasons=reasons,
                         reviewed=reviewed, observed_at=observed, instrument=dict(_get(summary, "instrument") or header.get("instrument") or {}),
@@ -157,16 +155,22 @@ def from_summary(summary: Any, header: Mapping[str, Any] | None = None, reviewed
 
 def review_reasons(shares: Sequence[ClassShare], n_cells: int, flag_counts: Mapping[str, int],
                    given: Sequence[str] | None = None) -> list[str]:
-    """Why a technologist should look at the sample before it is released (empty: nothing found)."""
+    """Why a technologist should look at the sample before it is released (empty: nothing found).
+
+    `given`: the run's own review reasons (`wbc_edge.runtime.reference.assess`: intervals crossing a
+    reference limit, low-confidence and disagreeing cells); without them (results written before the
+    estimate existed) the same two rules are applied here. Added for the laboratory: too few cells, and
+    any share outside its reference interval."""
     reasons = [str(g) for g in given or []]
     if n_cells < MIN_CELLS_FOR_RELEASE:
         reasons.append(f"only {n_cells} cells counted (< {MIN_CELLS_FOR_RELEASE})")
-    disagree = int(flag_counts.get("heads_disagree", 0))
-    if n_cells and disagree / n_cells > MAX_DISAGREE_FRACTION:
-        reasons.append(f"light heads disagree on {disagree} of {n_cells} cells")
+    if given is None:
+        disagree = int(flag_counts.get("heads_disagree", 0))
+        if n_cells and disagree / n_cells > MAX_DISAGREE_FRACTION:
+            reasons.append(f"light heads disagree on {disagree} of {n_cells} cells")
     for s in shares:
         if s.flag in ("H", "L"):
             reasons.append(f"{s.label} {s.percent:.1f} % outside {s.reference.low:g}-{s.reference.high:g} %")
-        elif s.has_interval and s.reference and (s.ci_low < s.reference.low or s.ci_high > s.reference.high):
+        elif given is None and s.has_interval and s.reference and (s.ci_low < s.reference.low or s.ci_high > s.reference.high):
             reasons.append(f"{s.label} interval {s.ci_low:.1f}-{s.ci_high:.1f} % crosses a reference limit")
     return reasons

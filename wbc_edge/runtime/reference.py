@@ -15,17 +15,23 @@ from typing import Any, Mapping, Sequence
 
 from wbc_edge.errors import DataError
 
-DEFAULT_SOURCE = "Dacie and Lewis Practical Haematology, 12th ed. (2017), adult reference ranges"
-DEFAULT_INTERVALS = {"neutrophil": (40.0, 80.0), "lymphocyte": (20.0, 40.0), "eosinophil": (1.0, 6.0),
-                     "monocyte": (2.0, 10.0), "basophil": (0.0, 2.0)}
+from pathlib import Path
+
+# The packaged, editable table: the one home of the default intervals (the report, the summary and
+# the LIS messages read it; a laboratory passes its own file instead).
+DEFAULT_TABLE = Path(__file__).with_name("reference_intervals.json")
 LOW_CONFIDENCE = 0.6  # a cell whose top calibrated probability is below this is "low confidence"
 REVIEW_SHARE = 0.10  # review the sample when more than this share of cells is low confidence or heads disagree
 
 
 @dataclass
 class ReferenceIntervals:
-    intervals: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_INTERVALS))
-    source: str = DEFAULT_SOURCE
+    intervals: dict[str, tuple[float, float]]
+    source: str
+
+
+def default_reference_intervals() -> ReferenceIntervals:
+    return load_reference_intervals(DEFAULT_TABLE)
 
 
 def load_reference_intervals(path: str | os.PathLike) -> ReferenceIntervals:
@@ -48,7 +54,7 @@ def assess(estimate: Mapping[str, Any] | None, probs: Sequence[Mapping[str, floa
     H/L: the estimated share above/below the reference interval. Review: an estimate's 95% interval
     crosses a reference limit, or more than REVIEW_SHARE of the cells are low confidence or have
     disagreeing heads (the estimate is then less sure than its interval says)."""
-    ref = reference or ReferenceIntervals()
+    ref = reference or default_reference_intervals()
     flags: dict[str, str] = {}
     review: list[str] = []
     if estimate:

@@ -1,0 +1,26 @@
+"""The LIS reports the run's estimated differential (the sample's own mix), not the argmax count."""
+from wbc_edge.lis.identity import SampleIdentity
+from wbc_edge.lis.result import from_summary
+from wbc_edge.runtime.reference import default_reference_intervals
+
+
+def test_the_message_carries_the_estimate_and_the_runs_review_reasons():
+    summary = {
+        "sample": SampleIdentity("ACC-9").to_dict(), "total_cells": 200,
+        "counts": {"neutrophil": 100, "lymphocyte": 60, "eosinophil": 30, "monocyte": 6, "basophil": 4},
+        "rows": [{"label": c, "percent": p, "count": n, "ci_low": 0.0, "ci_high": 100.0}
+                 for c, p, n in (("neutrophil", 50, 100), ("lymphocyte", 30, 60), ("eosinophil", 15, 30), ("monocyte", 3, 6), ("basophil", 2, 4))],
+        "estimate": {"method": "em", "n_cells": 200,
+                     "shares": {"neutrophil": 0.62, "lymphocyte": 0.30, "eosinophil": 0.04, "monocyte": 0.03, "basophil": 0.01},
+                     "low": {"neutrophil": 0.55, "lymphocyte": 0.24, "eosinophil": 0.02, "monocyte": 0.01, "basophil": 0.0},
+                     "high": {"neutrophil": 0.69, "lymphocyte": 0.36, "eosinophil": 0.07, "monocyte": 0.06, "basophil": 0.03}},
+        "assessment": {"review": ["basophil interval 0.0-3.0% crosses a reference limit (0-2%)"]},
+    }
+    result = from_summary(summary)
+    shares = {s.label: s for s in result.shares}
+    assert result.estimate == "em"
+    assert abs(shares["eosinophil"].percent - 4.0) < 1e-9 and shares["eosinophil"].count == 30  # estimate, raw count beside
+    assert (round(shares["neutrophil"].ci_low, 9), round(shares["neutrophil"].ci_high, 9)) == (55.0, 69.0)
+    assert result.review_reasons == ["basophil interval 0.0-3.0% crosses a reference limit (0-2%)"]
+    ref = default_reference_intervals()
+    assert shares["monocyte"].reference.low == ref.intervals["monocyte"][0]  # one table for report and message
