@@ -36,3 +36,16 @@ def test_bad_learning_rate_is_refused_and_the_config_round_trips():
         TrainConfig(lr=0.0).validate()
     cfg = TrainConfig(backbone="resnet34", fold_subset=[0, 2])
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_cli_augmentation_defaults_are_the_configs_and_flags_reach_both_ways():
+    from wbc_edge.cli.train import config_from_args, get_args_parser
+
+    base = ["--data", "d", "--out", "o"]
+    d = TrainConfig()
+    cfg = config_from_args(get_args_parser().parse_args(base))
+    assert (cfg.randaugment_n, cfg.randaugment_m, cfg.flip_rotate) == (d.randaugment_n, d.randaugment_m, d.flip_rotate)
+    paper = config_from_args(get_args_parser().parse_args(base + ["--randaugment", "2", "18", "--no-flip-rotate"]))
+    assert (paper.randaugment_n, paper.randaugment_m, paper.flip_rotate) == (2, 18, False)
+    geometric = config_from_args(get_args_parser().parse_args(base + ["--randaugment", "0", "0", "--flip-rotate"]))
+    assert (geometric.randaugment_n, geometric.flip_rotate) == (0, True)

@@ -59,6 +59,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--kd-alpha", type=float, default=d.kd_alpha, help="KD weight (default %(default)s)")
     p.add_argument("--randaugment", type=int, nargs=2, metavar=("N", "M"),
                    default=[d.randaugment_n, d.randaugment_m], help="RandAugment ops and magnitude (default 2 18; 0 0 = off)")
+    p.add_argument("--flip-rotate", action=argparse.BooleanOptionalAction, default=d.flip_rotate,
+                   help="random flips and 90-degree rotations per cell, before RandAugment (default %(default)s)")
     p.add_argument("--pretrained-weights", default=None, help="local backbone state_dict (.pth) to start from")
     p.add_argument("--device", default=d.device, help="cpu or cuda[:N] (default %(default)s)")
     p.add_argument("--no-amp", action="store_true", help="CUDA: train in FP32 instead of mixed precision")
@@ -82,7 +84,7 @@ def config_from_args(args: argparse.Namespace):
                       warmup_epochs=args.warmup_epochs, seed=args.seed, folds=args.folds,
                       fold_subset=args.fold_subset, rho=args.rho, batch_repetition=args.batch_repetition,
                       light_dropout=args.light_dropout, solo_rows=args.solo_rows, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
-                      randaugment_n=args.randaugment[0], randaugment_m=args.randaugment[1], amp=not args.no_amp,
+                      randaugment_n=args.randaugment[0], randaugment_m=args.randaugment[1], flip_rotate=args.flip_rotate, amp=not args.no_amp,
                       device=args.device, num_workers=args.num_workers, threads=args.threads, jobs=args.jobs,
                       teachers=args.teachers, pretrained_weights=args.pretrained_weights)
     cfg.validate()

@@ -61,6 +61,7 @@ class TrainConfig:
     kd_alpha: float = 0.3  # measured: 1.0 pulls the heads toward weak single-light teachers (docs/training.md)
     randaugment_n: int = 2
     randaugment_m: int = 18
+    flip_rotate: bool = False  # random flips and 90-degree rotations per row, before RandAugment
     amp: bool = True  # CUDA only; ignored on CPU
     device: str = "cpu"
     num_workers: int = 1  # batches prepared ahead by one background thread (0: in the training loop)
