@@ -58,9 +58,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--kd-temperature", type=float, default=d.kd_temperature, help="default %(default)s")
     p.add_argument("--kd-alpha", type=float, default=d.kd_alpha, help="KD weight (default %(default)s)")
     p.add_argument("--randaugment", type=int, nargs=2, metavar=("N", "M"),
-                   default=[d.randaugment_n, d.randaugment_m], help="RandAugment ops and magnitude (default 2 18; 0 0 = off)")
+                   default=[d.randaugment_n, d.randaugment_m], help="RandAugment ops and magnitude (default 0 0: off; the paper: 2 18)")
     p.add_argument("--flip-rotate", action=argparse.BooleanOptionalAction, default=d.flip_rotate,
-                   help="random flips and 90-degree rotations per cell, before RandAugment (default %(default)s)")
+                   help="random flips and 90-degree rotations per cell, before RandAugment (default on; the paper: --no-flip-rotate)")
     p.add_argument("--pretrained-weights", default=None, help="local backbone state_dict (.pth) to start from")
     p.add_argument("--device", default=d.device, help="cpu or cuda[:N] (default %(default)s)")
     p.add_argument("--no-amp", action="store_true", help="CUDA: train in FP32 instead of mixed precision")
