@@ -6,8 +6,10 @@
 #
 # Usage: scripts/recipe_grid.sh [WORK_DIR] [STAGE...]   (default WORK_DIR scripts/work-recipe; stages:
 #   aug lr mimo size synth; default all)
-# Cost on the shared 2-core machine (2 December 2026): aug ~4 min, lr ~4 min, mimo ~35 min (the
-# teachers once, then each MM-MIMO variant ~4-5 min), size ~4 min, synth ~30 min. A finished run is skipped.
+# Cost on the 2-core machine shared with three other engineers (2 December 2026; wall times per run
+# in docs/training.md): aug ~4 min, lr ~4 min, mimo ~45 min (the four teachers and the KD student
+# ~8 min, then each MM-MIMO variant 3-12 min depending on load), size ~15 min, synth ~45 min
+# (teachers + student 21 min). Alone on 2 cores about half. A finished run is skipped.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -41,15 +43,17 @@ for stage in $STAGES; do case $stage in
     T=(--teachers "$WORK/runs/pbc-mimokd-fr")
     one pbc-mimo-fr "$D" mimo 12 "${GEOM[@]}" & one pbc-mimokd-fr-p0.25 "$D" mimo-kd 12 "${GEOM[@]}" "${T[@]}" --light-dropout 0.25; wait
     one pbc-mimokd-fr-rho0.75 "$D" mimo-kd 12 "${GEOM[@]}" "${T[@]}" --rho 0.75 & one pbc-mimokd-fr-alpha1 "$D" mimo-kd 12 "${GEOM[@]}" "${T[@]}" --kd-alpha 1; wait
-    one pbc-mimokd-fr-solo0.2 "$D" mimo-kd 12 "${GEOM[@]}" "${T[@]}" --solo-rows 0.2 & one pbc-late-fr "$D" late 12 "${GEOM[@]}" "${T[@]}"; wait ;;
+    one pbc-mimokd-fr-solo0.2 "$D" mimo-kd 12 "${GEOM[@]}" "${T[@]}" --solo-rows 0.2 &
+    one pbc-mimokd-fr-alpha1-p0.25 "$D" mimo-kd 12 "${GEOM[@]}" "${T[@]}" --kd-alpha 1 --light-dropout 0.25; wait ;;
   size)
     [ -f "$WORK/pbc4_96/manifest.csv" ] || nice -n 10 "$BIN/wbc-data" four-light "$PBC" --out "$WORK/pbc4_96" --size 96 -q
-    SIZE=96 one pbc-early-fr-96px "$WORK/pbc4_96" early 12 "${GEOM[@]}" ;;
+    SIZE=96 one pbc-early-fr-96px "$WORK/pbc4_96" early 12 "${GEOM[@]}" & SIZE=96 one pbc-mimo-fr-96px "$WORK/pbc4_96" mimo 12 "${GEOM[@]}"; wait ;;
   synth)
     S="$WORK/bal2000"
     [ -f "$S/manifest.csv" ] || nice -n 10 "$BIN/wbc-synth" cells --out "$S" --n 2000 --seed 21 --class-mix balanced -q
     one syn-early-paper "$S" early 16 "${PAPER[@]}" & one syn-early-fr "$S" early 16 "${GEOM[@]}"; wait
-    one syn-mimokd-fr "$S" mimo-kd 16 "${GEOM[@]}" ;;
+    one syn-mimokd-fr "$S" mimo-kd 16 "${GEOM[@]}"
+    one syn-mimokd-fr-alpha1 "$S" mimo-kd 16 "${GEOM[@]}" --teachers "$WORK/runs/syn-mimokd-fr" --kd-alpha 1 ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac; done
 "$BIN/python" "$HERE/recipe_summary.py" "$WORK/runs"
