@@ -47,7 +47,8 @@ for stage in $STAGES; do case $stage in
     one pbc-mimokd-fr-alpha1-p0.25 "$D" mimo-kd 12 "${GEOM[@]}" "${T[@]}" --kd-alpha 1 --light-dropout 0.25; wait ;;
   size)
     [ -f "$WORK/pbc4_96/manifest.csv" ] || nice -n 10 "$BIN/wbc-data" four-light "$PBC" --out "$WORK/pbc4_96" --size 96 -q
-    SIZE=96 one pbc-early-fr-96px "$WORK/pbc4_96" early 12 "${GEOM[@]}" & SIZE=96 one pbc-mimo-fr-96px "$WORK/pbc4_96" mimo 12 "${GEOM[@]}"; wait ;;
+    SIZE=96 one pbc-early-fr-96px "$WORK/pbc4_96" early 12 "${GEOM[@]}" & SIZE=96 one pbc-mimo-fr-96px "$WORK/pbc4_96" mimo 12 "${GEOM[@]}"; wait
+    SIZE=96 one pbc-mimokd-fr-96px "$WORK/pbc4_96" mimo-kd 12 "${GEOM[@]}" ;;
   synth)
     S="$WORK/bal2000"
     [ -f "$S/manifest.csv" ] || nice -n 10 "$BIN/wbc-synth" cells --out "$S" --n 2000 --seed 21 --class-mix balanced -q
