@@ -48,7 +48,9 @@ for stage in $STAGES; do case $stage in
   size)
     [ -f "$WORK/pbc4_96/manifest.csv" ] || nice -n 10 "$BIN/wbc-data" four-light "$PBC" --out "$WORK/pbc4_96" --size 96 -q
     SIZE=96 one pbc-early-fr-96px "$WORK/pbc4_96" early 12 "${GEOM[@]}" & SIZE=96 one pbc-mimo-fr-96px "$WORK/pbc4_96" mimo 12 "${GEOM[@]}"; wait
-    SIZE=96 one pbc-mimokd-fr-96px "$WORK/pbc4_96" mimo-kd 12 "${GEOM[@]}" ;;
+    SIZE=96 one pbc-mimokd-fr-96px "$WORK/pbc4_96" mimo-kd 12 "${GEOM[@]}"
+    [ -f "$WORK/pbc4_128/manifest.csv" ] || nice -n 10 "$BIN/wbc-data" four-light "$PBC" --out "$WORK/pbc4_128" --size 128 -q
+    SIZE=128 one pbc-early-fr-128px "$WORK/pbc4_128" early 12 "${GEOM[@]}" ;;
   synth)
     S="$WORK/bal2000"
     [ -f "$S/manifest.csv" ] || nice -n 10 "$BIN/wbc-synth" cells --out "$S" --n 2000 --seed 21 --class-mix balanced -q
