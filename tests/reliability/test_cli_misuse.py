@@ -132,6 +132,7 @@ CASES = [
      "is a file, not a folder", "results"),
     ("wbc_edge.cli.calib", lambda v: ["optics", "--source", str(v["frames"]), "--out", str(v["frames"] / "p.json")], "inside input folder", "frame"),
     ("wbc_edge.cli.synth", lambda v: ["cells", "--out", str(v["results"]), "--n", "2"], "is a file, not a folder", "results"),
+    ("wbc_edge.cli.data", lambda v: ["four-light", str(v["frames"]), "--out", str(v["frames"] / "four")], "inside input folder", "frame"),
     ("wbc_edge.cli.bench", lambda v: ["--model", str(v["bundle"]), "--out", str(v["bundle"])], "same file as input --model", "bundle"),
     ("wbc_edge.cli.lis", lambda v: ["--outbox", str(v["results"]), "status"], "not a SQLite outbox", "results"),
     ("wbc_edge.cli.lis", lambda v: ["--outbox", str(v["root"] / "o.db"), "queue", str(v["results"]), "--reference-table", str(v["results"])],

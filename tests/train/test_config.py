@@ -50,7 +50,7 @@ def test_every_training_option_is_declared_once_and_reaches_the_config():
     changed = {"method": "early", "backbone": "resnet18", "img_size": 32, "epochs": 3, "batch_size": 16, "lr": 1e-4,
                "weight_decay": 0.01, "warmup_epochs": 0.5, "label_smoothing": 0.1, "seed": 4, "folds": 3,
                "fold_subset": [1, 2], "rho": 0.25, "batch_repetition": 3, "light_dropout": 0.2, "solo_rows": 0.5,
-               "kd_temperature": 2.0, "kd_alpha": 0.7, "randaugment_n": 1, "randaugment_m": 5, "amp": False,
+               "kd_temperature": 2.0, "kd_alpha": 0.7, "randaugment_n": 1, "randaugment_m": 5, "flip_rotate": False, "amp": False,
                "device": "cuda:1", "num_workers": 0, "threads": 2, "jobs": 2, "teachers": "t", "pretrained_weights": "w.pth",
                "eval_batch_size": 64}
     assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}, "a new field needs a value here"
@@ -62,6 +62,8 @@ def test_every_training_option_is_declared_once_and_reaches_the_config():
             argv += ["--randaugment", "1", "5"]
         elif name == "amp":
             argv += ["--no-amp"]
+        elif name == "flip_rotate":
+            argv += ["--no-flip-rotate"]
         elif name == "fold_subset":
             argv += ["--fold-subset", "1,2"]
         else:
@@ -70,3 +72,16 @@ def test_every_training_option_is_declared_once_and_reaches_the_config():
     # The table takes the same options (its --method is chosen per row).
     table = config_from_args(get_table_parser().parse_args(argv))
     assert table.replace(method="early") == TrainConfig(**changed)
+
+
+def test_cli_augmentation_defaults_are_the_configs_and_flags_reach_both_ways():
+    from wbc_edge.cli.train import config_from_args, get_args_parser
+
+    base = ["--data", "d", "--out", "o"]
+    d = TrainConfig()
+    cfg = config_from_args(get_args_parser().parse_args(base))
+    assert (cfg.randaugment_n, cfg.randaugment_m, cfg.flip_rotate) == (d.randaugment_n, d.randaugment_m, d.flip_rotate)
+    paper = config_from_args(get_args_parser().parse_args(base + ["--randaugment", "2", "18", "--no-flip-rotate"]))
+    assert (paper.randaugment_n, paper.randaugment_m, paper.flip_rotate) == (2, 18, False)
+    geometric = config_from_args(get_args_parser().parse_args(base + ["--randaugment", "0", "0", "--flip-rotate"]))
+    assert (geometric.randaugment_n, geometric.flip_rotate) == (0, True)

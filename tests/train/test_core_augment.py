@@ -38,3 +38,32 @@ def test_rows_draw_different_transforms_and_seed_replays():
 def test_zero_ops_is_identity():
     rows = _structured_rows(3)
     assert torch.equal(RowAugment(num_ops=0)(rows), rows)
+
+
+def _dihedral(row: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.rot90(r, k, dims=(-2, -1)) for r in (row, row.flip(-1)) for k in range(4)]
+
+
+def test_flip_rotate_applies_one_of_the_eight_symmetries_per_row_to_all_its_lights():
+    # Four different lights, so a symmetry applied to one light only would show.
+    rng = np.random.default_rng(3)
+    rows = torch.from_numpy(rng.integers(0, 256, size=(32, 12, 16, 16), dtype=np.uint8))
+    torch.manual_seed(0)
+    out = RowAugment(num_ops=0, flip_rotate=True)(rows)
+    assert out.shape == rows.shape and out.dtype == torch.uint8
+    used = set()
+    for row, got in zip(rows, out):
+        matches = [i for i, t in enumerate(_dihedral(row)) if torch.equal(t, got)]
+        assert len(matches) == 1  # the whole [12, S, S] row moved as one image
+        used.add(matches[0])
+    assert len(used) >= 6  # rows draw independently (32 draws over 8 symmetries)
+
+
+def test_flip_rotate_off_with_zero_ops_is_identity_and_on_replays_with_the_seed():
+    rows = _structured_rows(8)
+    assert torch.equal(RowAugment(num_ops=0, flip_rotate=False)(rows), rows)
+    torch.manual_seed(5)
+    a = RowAugment(num_ops=1, magnitude=5, flip_rotate=True)(rows)
+    torch.manual_seed(5)
+    b = RowAugment(num_ops=1, magnitude=5, flip_rotate=True)(rows)
+    assert torch.equal(a, b) and not torch.equal(a, rows)

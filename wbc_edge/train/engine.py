@@ -389,7 +389,7 @@ def fit(cfg: TrainConfig, plan: MethodPlan, labels: np.ndarray, train_idx: np.nd
         history = list(state.get("history", []))
         log.info("%s: resuming after epoch %d of %d", method_dir, start_epoch, cfg.epochs)
     train_model = wrap_model(model, ctx)
-    augment = RowAugment(cfg.randaugment_n, cfg.randaugment_m)
+    augment = RowAugment(cfg.randaugment_n, cfg.randaugment_m, flip_rotate=cfg.flip_rotate)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)

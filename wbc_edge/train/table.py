@@ -262,7 +262,7 @@ def summarize_missing_light(per_fold: Sequence[Mapping[str, Any]]) -> dict[str, 
     return {k: mean_std([r.get(k) for r in rows]) for k in lights}
 
 
-RECIPE_FIELDS = ("lr", "batch_size", "randaugment_n", "randaugment_m", "rho", "batch_repetition", "light_dropout",
+RECIPE_FIELDS = ("lr", "batch_size", "randaugment_n", "randaugment_m", "flip_rotate", "rho", "batch_repetition", "light_dropout",
                  "solo_rows", "kd_temperature", "kd_alpha", "seed")
 
 
