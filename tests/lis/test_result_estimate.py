@@ -21,6 +21,28 @@ def test_the_message_carries_the_estimate_and_the_runs_review_reasons():
     assert result.estimate == "em"
     assert abs(shares["eosinophil"].percent - 4.0) < 1e-9 and shares["eosinophil"].count == 30  # estimate, raw count beside
     assert (round(shares["neutrophil"].ci_low, 9), round(shares["neutrophil"].ci_high, 9)) == (55.0, 69.0)
-    assert result.review_reasons == ["basophil interval 0.0-3.0% crosses a reference limit (0-2%)"]
+    # The run's crossing reasons are judged again against the table the message carries.
+    assert result.review_reasons == ["eosinophil interval 2.0-7.0% crosses a reference limit (1-6%)",
+                                     "monocyte interval 1.0-6.0% crosses a reference limit (2-10%)",
+                                     "basophil interval 0.0-3.0% crosses a reference limit (0-2%)"]
     ref = default_reference_intervals()
     assert shares["monocyte"].reference.low == ref.intervals["monocyte"][0]  # one table for report and message
+
+
+def test_a_laboratorys_own_table_decides_flags_and_crossings(tmp_path):
+    import json
+
+    lab = tmp_path / "lab.json"
+    lab.write_text(json.dumps({"source": "LAB", "intervals": {"neutrophil": [50, 60], "lymphocyte": [20, 40],
+                                                             "eosinophil": [0, 10], "monocyte": [0, 10], "basophil": [0, 5]}}))
+    summary = {
+        "sample": SampleIdentity("ACC-10").to_dict(), "total_cells": 200, "counts": {"neutrophil": 120, "lymphocyte": 80},
+        "estimate": {"method": "em", "shares": {"neutrophil": 0.58, "lymphocyte": 0.42},
+                     "low": {"neutrophil": 0.52, "lymphocyte": 0.35}, "high": {"neutrophil": 0.64, "lymphocyte": 0.49}},
+        "assessment": {"review": ["neutrophil interval 52.0-64.0% crosses a reference limit (40-80%)", "3 of 200 cells low confidence"]},
+    }
+    result = from_summary(summary, reference_table=lab)
+    assert result.reference_source == "LAB"
+    assert result.review_reasons == ["3 of 200 cells low confidence",
+                                     "neutrophil interval 52.0-64.0% crosses a reference limit (50-60%)",
+                                     "lymphocyte 42.0 % outside 20-40 %"]

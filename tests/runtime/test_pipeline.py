@@ -272,3 +272,17 @@ def test_single_light_model_reads_its_light_from_the_four_light_cycle(tmp_path, 
     batch, _ = rt_fakes.crop(s0, rt_fakes.locate(s0.images["fluorescent"]), rt_fakes.CROP_PX, spec)
     probs, _ = rt_fakes.reference(batch, spec, weights)
     np.testing.assert_allclose([r.probability for r in got if r.set_index == 0], probs.max(axis=1), rtol=1e-4)
+
+
+def test_a_set_at_time_zero_keeps_its_time(tmp_path):
+    """The first set of a file or the simulator starts at t = 0.0: not 'no time' (wall clock)."""
+    from wbc_edge.cli.run import default_model
+    from wbc_edge.runtime import Analyzer
+    from wbc_edge.runtime.results import read_results
+
+    out = tmp_path / "r.jsonl"
+    with Analyzer(default_model(), backend="onnxruntime", precision="fp32") as analyzer:
+        summary = analyzer.analyze("synthetic://?seed=3&sets=3", sink=out)
+    _header, cells, _bad = read_results(out)
+    assert cells and max(c.time for c in cells) < 60.0
+    assert summary.duration_s < 60.0

@@ -157,11 +157,14 @@ def review_reasons(shares: Sequence[ClassShare], n_cells: int, flag_counts: Mapp
                    given: Sequence[str] | None = None) -> list[str]:
     """Why a technologist should look at the sample before it is released (empty: nothing found).
 
-    `given`: the run's own review reasons (`wbc_edge.runtime.reference.assess`: intervals crossing a
-    reference limit, low-confidence and disagreeing cells); without them (results written before the
-    estimate existed) the same two rules are applied here. Added for the laboratory: too few cells, and
-    any share outside its reference interval."""
-    reasons = [str(g) for g in given or []]
+    `given`: the run's own review reasons (`wbc_edge.runtime.reference.assess`: low-confidence and
+    disagreeing cells, intervals crossing a limit). Interval crossings are judged again here against
+    the table this message carries (a laboratory's own `--reference-table` may differ from the run's);
+    without `given` (results written before the assessment existed) the disagreement rule is applied
+    here. Added for the laboratory: too few cells, and any share outside its reference interval."""
+    from wbc_edge.runtime.reference import CROSSES, crosses_limit
+
+    reasons = [str(g) for g in given or [] if CROSSES not in str(g)]
     if n_cells < MIN_CELLS_FOR_RELEASE:
         reasons.append(f"only {n_cells} cells counted (< {MIN_CELLS_FOR_RELEASE})")
     if given is None:
@@ -171,6 +174,6 @@ def review_reasons(shares: Sequence[ClassShare], n_cells: int, flag_counts: Mapp
     for s in shares:
         if s.flag in ("H", "L"):
             reasons.append(f"{s.label} {s.percent:.1f} % outside {s.reference.low:g}-{s.reference.high:g} %")
-        elif given is None and s.has_interval and s.reference and (s.ci_low < s.reference.low or s.ci_high > s.reference.high):
-            reasons.append(f"{s.label} interval {s.ci_low:.1f}-{s.ci_high:.1f} % crosses a reference limit")
+        elif s.has_interval and s.reference and crosses_limit(s.reference.low, s.reference.high, s.ci_low, s.ci_high):
+            reasons.append(f"{s.label} interval {s.ci_low:.1f}-{s.ci_high:.1f}% {CROSSES} ({s.reference.low:g}-{s.reference.high:g}%)")
     return reasons

@@ -351,7 +351,7 @@ class Analyzer:
         present_heads = [h for h in range(spec.num_heads)
                          if spec.head_modality_index(h) is None or spec.modalities[spec.head_modality_index(h)] not in missing]
         set_time = getattr(light_set, "time", None)
-        work = _SetWork(index=int(getattr(light_set, "index", 0)), time=float(set_time) if set_time else time.time(), light_set=light_set, boxes=[],
+        work = _SetWork(index=int(getattr(light_set, "index", 0)), time=float(set_time) if set_time is not None else time.time(), light_set=light_set, boxes=[],
                         inputs=np.empty((0,) + spec.input_shape(1)[1:], np.uint8), present_heads=present_heads,
                         missing=missing, flags=flags)
         if images.get(LOCATOR_LIGHT) is None:
@@ -466,9 +466,9 @@ class Analyzer:
         self.gallery = {}
         state = _RunState()
         state.source_validates = _validates_frames(source)
-        self._identity = self._run_identity(sample)
-        source = self._settle_scale(source)
-        try:
+        try:  # inside: a bad sample id or a failed scale read-ahead still closes a source opened here
+            self._identity = self._run_identity(sample)
+            source = self._settle_scale(source)
             if isinstance(sink, (str, os.PathLike)):
                 writer, own_writer = ResultWriter(sink, header={**self._identity, **self._header(source_name)}), True
             frames_q: queue.Queue = queue.Queue(maxsize=2 * len(self.light_order))

@@ -255,7 +255,11 @@ def params_for_bundle(bundle: Any, precision: str) -> QuantParams | None:
     """The bundle's parameters for `precision`; None for a bundle exported before quantification.json."""
     if not bundle.has(QUANT_MEMBER):
         return None
-    return params_from_member(bundle.read_json(QUANT_MEMBER), precision, f"bundle {bundle.path}: {QUANT_MEMBER}")
+    where = f"bundle {bundle.path}: {QUANT_MEMBER}"
+    params = params_from_member(bundle.read_json(QUANT_MEMBER), precision, where)
+    if list(params.classes) != list(bundle.spec.classes):  # refused at load, not mid-run
+        raise QuantificationError(f"{where} lists classes {list(params.classes)}, spec.json {list(bundle.spec.classes)}; re-run wbc-export quantify")
+    return params
 
 
 def measure_quantification(probs_by_precision: Mapping[str, np.ndarray], head_probs_fp32: np.ndarray, labels: np.ndarray,
@@ -400,6 +404,9 @@ def wilson_bounds(share: np.ndarray, n: int, z: float = Z_95) -> tuple[np.ndarra
     return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
 
 
+BOOT_CHUNK_VALUES = 4_000_000  # float64 values per bootstrap chunk (32 MB)
+
+
 def estimate_shares(probs: Any, params: QuantParams, method: str = DEFAULT_METHOD, n_boot: int = N_BOOT, seed: int = 0,
                     where: str = "sample") -> ShareEstimate:
     """The sample's class shares from its cells' calibrated probabilities (see the module docstring).
@@ -425,20 +432,24 @@ def estimate_shares(probs: Any, params: QuantParams, method: str = DEFAULT_METHO
         return ShareEstimate(method=method, classes=list(params.classes), shares=shares, low=np.minimum(w_low, shares),
                              high=np.maximum(w_high, shares), n_cells=n, notes=notes + ["no bootstrap: Wilson interval only"])
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
     if method == "em":
         # the calibration's own error: the class bias redrawn from its Laplace approximation, per replicate
         priors = np.broadcast_to(prior, (n_boot, k))
         if params.class_bias_cov is not None:
             biases = rng.multivariate_normal(params.bias(), params.class_bias_cov, size=n_boot, method="eigh")
             priors = params.train_prior * np.exp(-biases)
-        boot = em_prior_adaptation(p[idx], priors / priors.sum(axis=1, keepdims=True))
+        priors = priors / priors.sum(axis=1, keepdims=True)
+        # replicates in chunks of at most ~BOOT_CHUNK_VALUES resampled probabilities: memory stays
+        # bounded on a long run (100k cells x 200 replicates would be GBs at once)
+        chunk = max(1, BOOT_CHUNK_VALUES // (n * k))
+        boot = np.concatenate([em_prior_adaptation(p[rng.integers(0, n, size=(min(chunk, n_boot - b0), n))], priors[b0:b0 + chunk])
+                               for b0 in range(0, n_boot, chunk)])
     else:
         boot = np.empty((n_boot, k))
         counts = params.confusion
         soft_counts = mean_post * params.row_counts[:, None]
         for b in range(n_boot):
-            sample = p[idx[b]]
+            sample = p[rng.integers(0, n, size=n)]
             if method == "cc":
                 boot[b] = _point("cc", sample, rates, mean_post, prior)
                 continue

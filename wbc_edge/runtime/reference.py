@@ -47,6 +47,14 @@ def load_reference_intervals(path: str | os.PathLike) -> ReferenceIntervals:
     return ReferenceIntervals(intervals, str(d.get("source", path)))
 
 
+CROSSES = "crosses a reference limit"
+
+
+def crosses_limit(low: float, high: float, ci_low: float, ci_high: float) -> bool:
+    """Does a 95% interval (percent) straddle a reference limit? (a 0 % lower limit cannot be crossed)"""
+    return (ci_low < low < ci_high and low > 0) or (ci_low < high < ci_high)
+
+
 def assess(estimate: Mapping[str, Any] | None, probs: Sequence[Mapping[str, float]], heads_disagree: int,
            reference: ReferenceIntervals | None = None) -> dict[str, Any]:
     """{"flags": {class: "H"|"L"|""}, "review": [reasons], "source": ...} for a run's estimate.
@@ -64,9 +72,8 @@ def assess(estimate: Mapping[str, Any] | None, probs: Sequence[Mapping[str, floa
             lo, hi = ref.intervals[c]
             pct, p_lo, p_hi = 100 * share, 100 * estimate["low"][c], 100 * estimate["high"][c]
             flags[c] = "H" if pct > hi else "L" if pct < lo else ""
-            crosses = (p_lo < lo < p_hi and lo > 0) or (p_lo < hi < p_hi)
-            if crosses:
-                review.append(f"{c} interval {p_lo:.1f}-{p_hi:.1f}% crosses a reference limit ({lo:g}-{hi:g}%)")
+            if crosses_limit(lo, hi, p_lo, p_hi):
+                review.append(f"{c} interval {p_lo:.1f}-{p_hi:.1f}% {CROSSES} ({lo:g}-{hi:g}%)")
     n = len(probs)
     if n:
         low_conf = sum(1 for p in probs if max(p.values(), default=0.0) < LOW_CONFIDENCE)
