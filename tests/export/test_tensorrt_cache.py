@@ -243,3 +243,11 @@ def test_engine_options_on_the_command_line_are_checked_before_any_work(tmp_path
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "m.wbc").exists()
+
+
+def test_a_dla_or_optimisation_level_build_is_another_engine():
+    plain = trtx.engine_cache_key(**KEY_PARTS)
+    assert trtx.engine_cache_key(**KEY_PARTS, options={"dla_core": None, "optimization_level": None}) == plain
+    dla = trtx.engine_cache_key(**KEY_PARTS, options={"dla_core": 0})
+    level = trtx.engine_cache_key(**KEY_PARTS, options={"optimization_level": 5})
+    assert len({plain, dla, level}) == 3

@@ -33,7 +33,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from wbc_edge import precisions
 from wbc_edge.bundle import atomic_write_bytes, atomic_write_text, sha256_bytes
@@ -496,9 +496,16 @@ def current_target(trt_module: Any | None = None, gpu: tuple[str, str] | None = 
     return Target(version_text(trt.__version__), name, normalise_compute_capability(cc))
 
 
+# Build options that produce a different engine, so a cached one never answers for another.
+KEYED_BUILD_OPTIONS = ("dla_core", "optimization_level")
+
+
 def engine_cache_key(onnx_sha256: str, trt_version: str | Sequence[int], gpu_name: str, compute_capability: str | Sequence[int], precision: str, batch_range: Sequence[int],
-                     build_path: str = "onnx") -> str:
+                     build_path: str = "onnx", options: Mapping[str, Any] | None = None) -> str:
     """A file-name-safe key that changes when any part changes: '<precision>-b<min>_<opt>_<max>-<digest>'.
+
+    options: build options that make another engine (a DLA core, an optimisation level); only the ones
+    set are keyed, so a default build's key stays as it was.
 
     build_path: 'onnx' (TensorRT's parser) or 'torch-tensorrt'; the same model built another way is
     another engine (other tensor names, other fusions), so it never answers for the other.
@@ -515,6 +522,7 @@ def engine_cache_key(onnx_sha256: str, trt_version: str | Sequence[int], gpu_nam
     }
     if build_path != "onnx":  # keys of ONNX-built engines stay as they were
         parts["build_path"] = build_path
+    parts.update({k: v for k, v in sorted((options or {}).items()) if v is not None})
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
     lo, opt, hi = parts["batch_range"]
     return f"{precision}-b{lo}_{opt}_{hi}-{digest}"
@@ -616,7 +624,9 @@ class EngineCache:
             raise TensorRTOptionError(f"precision '{precision}': not one of {list(PRECISIONS)}")
         target = target if target is not None else current_target(build_kwargs.get("trt_module"))
         onnx_sha = sha256_bytes(onnx_bytes)
-        key = engine_cache_key(onnx_sha, target.tensorrt_version, target.gpu_name, target.compute_capability, precision, batch_range, build_path)
+        keyed = {k: build_kwargs.get(k) for k in KEYED_BUILD_OPTIONS}
+        key = engine_cache_key(onnx_sha, target.tensorrt_version, target.gpu_name, target.compute_capability, precision, batch_range,
+                               build_path, keyed)
         engine = self.get(key, target)
         if engine is not None:
             log.info("engine cache: using %s", self.engine_path(key))
