@@ -8,6 +8,7 @@ import types
 
 import numpy as np
 import pytest
+from support.cli import exit_code
 
 from wbc_edge.bench.device_check import DeviceCheckOptions, run_device_check, write_device_report
 from wbc_edge.bundle import Bundle, write_bundle
@@ -93,7 +94,7 @@ def test_wbc_engine_build_writes_an_engine_file_wbc_run_engine_loads(bundle_path
 @pytest.mark.parametrize("argv, needle", [
     (["--precision", "int8-cpu"], "--engine 'int8-cpu'"),
     (["--batch", "8,4,2"], "batch_range"),
-    (["--opt-level", "9"], "optimization_level 9"),
+    (["--opt-level", "9"], "--opt-level: 9 is not an integer in 0..5"),
     (["--dla-core", "0", "--precision", "fp32"], "DLA runs FP16 or INT8 only"),
 ])
 def test_wbc_engine_build_bad_options_are_one_line_errors(bundle_path, tmp_path, monkeypatch, capsys, argv, needle):
@@ -101,7 +102,7 @@ def test_wbc_engine_build_bad_options_are_one_line_errors(bundle_path, tmp_path,
 
     trt = fakes.make_fake_tensorrt("10.3.0", dla_cores=1)
     _install_fake_stack(monkeypatch, trt)
-    assert engine_cli.main(["build", "--model", str(bundle_path), "--cache", str(tmp_path / "c"), *argv]) == 2
+    assert exit_code(engine_cli.main, ["build", "--model", str(bundle_path), "--cache", str(tmp_path / "c"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert "build_serialized_network" not in trt.rec.names()

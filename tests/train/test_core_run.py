@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from support.cli import exit_code
 import torch
 
 from wbc_edge.errors import DataError, SpecError
@@ -144,6 +145,6 @@ def test_bad_method_and_bad_data_are_one_line_cli_errors(synth_cells, tmp_path, 
     assert "single:uv" in capsys.readouterr().err
     assert main(["--data", str(synth_cells), "--out", str(tmp_path / "r"), "--backbone", "vgg"]) == 2
     assert "resnet34" in capsys.readouterr().err
-    assert main(["--data", str(synth_cells), "--out", str(tmp_path / "r"), "--jobs", "-1"]) == 2
+    assert exit_code(main, ["--data", str(synth_cells), "--out", str(tmp_path / "r"), "--jobs", "-1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "'jobs'" in err and "\n" not in err
+    assert "--jobs" in err and "\n" not in err
