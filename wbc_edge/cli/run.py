@@ -216,7 +216,7 @@ def run(a: argparse.Namespace) -> int:
         if display is not None and not display.show(frame):
             analyzer.stop("closed by the user")
 
-    source = open_source(uri, light_order=order)
+    source = open_source(uri, light_order=order, default_light_order=analyzer.light_order)
     try:
         with analyzer:
             summary = analyzer.analyze(source, sink=a.out, max_cells=a.max_cells, duration=a.duration,
@@ -240,9 +240,7 @@ def run(a: argparse.Namespace) -> int:
 
     print(summary.format_table())
     print(f"scale: {summary.scale}")
-    print(f"{summary.sets} sets ({summary.sets_skipped} skipped), {summary.frames} frames "
-          f"({summary.frames_dropped} dropped, {summary.frames_rejected} rejected) in {summary.duration_s:.1f} s; "
-          f"stopped: {summary.stop_reason}")
+    print(summary.counts_line())
     if summary.cells_discarded:
         print(f"{summary.cells_discarded} cell(s) classified after the {a.max_cells}-cell limit were not counted"
               + (" (kept in the results file, flagged beyond_max_cells)" if a.out else ""))

@@ -187,6 +187,8 @@ class LightCycleAssembler:
             frames=0, sets=0, incomplete_sets=0, duplicates=0, rejected=0, unlocked_dropped=0, relocks=0,
             hint_mismatches=0, unrecognised=0, field_mismatches=0,
         )
+        self.rejected_by: dict[str, int] = {}  # the frames counted in stats["rejected"], by their flags
+        self._overflow_warned = False
         self._pending: list[_Observation] = []
         self._current: _Building | None = None
         self._previous: _Observation | None = None
@@ -204,6 +206,8 @@ class LightCycleAssembler:
         bad = REJECT_FRAME_FLAGS & set(getattr(frame, "flags", ()) or ())
         if bad:
             self.stats["rejected"] += 1
+            reason = ",".join(sorted(bad))
+            self.rejected_by[reason] = self.rejected_by.get(reason, 0) + 1
             self._note({f"frame_rejected:{b}" for b in bad})
             log.warning("frame %s rejected (%s); its light will be missing from its set", frame.index, ",".join(sorted(bad)))
             return []
@@ -276,6 +280,10 @@ class LightCycleAssembler:
                 if len(pending) > self.max_pending:
                     drop = len(pending) - self.max_pending
                     self.stats["unlocked_dropped"] += drop
+                    if not self._overflow_warned:  # once per search; the summary counts every frame
+                        log.warning("frame %s: the light cycle is not locked after %d frames; the oldest frames "
+                                    "are not assembled until it is", pending[-1].frame.index, len(pending))
+                        self._overflow_warned = True
                     del pending[:drop]
                 break
             self.signatures = signatures
@@ -283,6 +291,7 @@ class LightCycleAssembler:
             if self.by_position:
                 log.warning("bright-field lights are not distinguishable by colour (separation %.1f); assigning them by cycle position", self._min_separation())
             self.locked = True
+            self._overflow_warned = False
             if self._was_locked:
                 self.stats["relocks"] += 1
                 self._carry_flags.add("relocked")
