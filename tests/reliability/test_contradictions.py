@@ -152,3 +152,43 @@ def test_calibration_capture_reads_meta_json_order(swapped_frames, tiny_spec):
 
     calib = capture_calibration_set(str(swapped_frames), 2, tiny_spec, crop_px=20)
     assert calib.source["light_order"] == list(SWAPPED)
+
+
+def test_meta_json_scale_is_the_frames_own_and_a_profile_contradicting_it_is_warned(tmp_path, tiny_bundle, caplog):
+    from wbc_edge.synth import write_frames
+
+    write_frames(tmp_path, sets=1, seed=2, width=320, height=240, video=False, scale=2.0)
+    stated = json.loads((tmp_path / "meta.json").read_text())["um_per_px"]
+    with Analyzer(tiny_bundle, backend="onnxruntime", precision="fp32", intra_op_threads=1, profile="auto") as an:
+        summary = an.analyze(str(tmp_path))
+    assert summary.scale.startswith(f"{stated:.4f} um/px") and "meta.json" in summary.scale
+    profile = 2 * stated
+    with caplog.at_level(logging.WARNING):
+        with Analyzer(tiny_bundle, backend="onnxruntime", precision="fp32", intra_op_threads=1, profile=profile) as an:
+            summary = an.analyze(str(tmp_path))
+    assert summary.scale.startswith(f"{profile:.4f} um/px")  # the user's profile wins
+    (line,) = _warnings(caplog, "device profile", "meta.json")
+    assert f"{profile:.4f}" in line and f"{stated:.4f}" in line
+
+
+def test_results_cells_of_a_class_the_header_does_not_list_are_warned_and_kept(tmp_path, caplog):
+    from wbc_edge.runtime.results import summarize
+
+    path = tmp_path / "r.jsonl"
+    cell = {"record": "cell", "set_index": 0, "class": "blast", "probability": 0.9, "probs": {"blast": 0.9}}
+    path.write_text(json.dumps({"record": "run", "classes": ["neutrophil", "lymphocyte"]}) + "\n" + json.dumps(cell) + "\n")
+    with caplog.at_level(logging.WARNING):
+        summary = summarize(path)
+    assert summary.counts["blast"] == 1
+    (line,) = _warnings(caplog, "blast", "neutrophil, lymphocyte")
+
+
+def test_a_calibration_set_for_other_lights_is_refused_naming_both(tiny_spec):
+    from wbc_edge.calibration.sets import CalibrationError, CalibrationSet
+
+    inputs = np.zeros(tiny_spec.input_shape(2), np.uint8)
+    ok = CalibrationSet(inputs, tiny_spec.input_name, ["a", "b"], [None, None], {"modalities": list(tiny_spec.modalities)})
+    ok.check_spec(tiny_spec)
+    other = CalibrationSet(inputs, tiny_spec.input_name, ["a", "b"], [None, None], {"modalities": list(SWAPPED)})
+    with pytest.raises(CalibrationError, match="fluorescent,color2,color1,color3 but the model reads fluorescent,color1,color2,color3"):
+        other.check_spec(tiny_spec)  # same shape, same input name: only the manifest tells

@@ -104,5 +104,6 @@ def capture_calibration_set(
     return CalibrationSet(
         inputs=np.ascontiguousarray(inputs), input_name=spec.input_name, cell_ids=ids, labels=[None] * len(ids),
         source={"kind": "capture", "uri": source_uri, "sets_read": read, "incomplete_sets_skipped": skipped,
-                "crop_px": crop, "light_order": list(order), "input_size": spec.input_size, "seed": seed},
+                "crop_px": crop, "light_order": list(order), "input_size": spec.input_size, "seed": seed,
+                "modalities": list(spec.modalities)},
     )

@@ -252,9 +252,15 @@ class Analyzer:
         if self._auto_scale and isinstance(own, (int, float)) and own > 0:
             from wbc_edge.runtime.optics import DeviceProfile
 
-            self.set_profile(DeviceProfile(float(own), origin="the source's own scale"))
+            where = getattr(source, "um_per_px_origin", None)
+            self.set_profile(DeviceProfile(float(own), origin=f"the source's own scale ({where})" if where else "the source's own scale"))
             log.info("scale: %.4f um/px (%s)", self.um_per_px, self.scale_origin)
             return source
+        if (not self._auto_scale and isinstance(own, (int, float)) and own > 0
+                and abs(math.log(float(own) / self.um_per_px)) >= math.log(1 + SCALE_TOLERANCE)):
+            where = getattr(source, "um_per_px_origin", None) or "the source"
+            log.warning("scale: the device profile (%s) says %.4f um/px but %s says %.4f um/px; using the profile",
+                        self.scale_origin, self.um_per_px, where, float(own))
         frames: list = []
         deadline = time.monotonic() + 10.0
         while len(frames) < 3 * len(self.light_order) and time.monotonic() < deadline and not self._stop.is_set():

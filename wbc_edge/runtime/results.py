@@ -396,6 +396,11 @@ def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
         sets.add(c.set_index)
         for f in c.flags:
             flags[f] = flags.get(f, 0) + 1
+    listed = list(header.get("classes") or [])
+    strangers = sorted({c.label for c in cells} - set(listed)) if listed else []
+    if strangers:  # the header and its cell lines disagree: say so, and keep every cell (counted under its name)
+        log.warning("%s: cell lines of class %s, which the run header's classes (%s) do not list; counted under "
+                    "their own names", results_jsonl, ", ".join(strangers), ", ".join(listed))
     times = [c.time for c in cells if FLAG_BEYOND_LIMIT not in c.flags]
     counted = [c.probs for c in cells if FLAG_BEYOND_LIMIT not in c.flags]
     estimate, note = differential_estimate(header.get("quantification"), counted, f"results {results_jsonl}")

@@ -165,6 +165,11 @@ def find_frames_meta(path: Path) -> tuple[dict[str, Any], Path | None]:
     return {}, None
 
 
+def _meta_um_per_px(meta: dict[str, Any]) -> float | None:
+    value = meta.get("um_per_px")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
 def _meta_light_order(meta: dict[str, Any]) -> tuple[str, ...] | None:
     for key in ("light_order", "lights", "modalities"):
         value = meta.get(key)
@@ -214,8 +219,7 @@ def run_light_order(source: Any, model_lights: Sequence[str], given: Sequence[st
                         f"located in (the model reads {model})")
     absent = [m for m in model_lights if m not in order]
     if absent:
-        line = (f"{uri}: the model reads {_lights(absent)}, which {origin} ({_lights(order)}) does not have "
-                f"(the model reads {model})")
+        line = f"{uri}: the model reads {model}, but {origin} is {_lights(order)}, without {_lights(absent)}"
         if not missing_ok:
             raise DataError(line + "; every set would be skipped (give --order the camera's lights, or "
                                    "--missing-light heads)")
@@ -318,6 +322,8 @@ class ImageFolderSource(FrameSource):
         meta, meta_path = find_frames_meta(folder)
         super().__init__(uri, light_order, stated=_meta_light_order(meta), stated_by=str(meta_path),
                          default=default_light_order)
+        self.um_per_px = _meta_um_per_px(meta)  # the frames' scale, where their meta.json states it
+        self.um_per_px_origin = f"{meta_path}"
         self.folder = folder
         self.files = files
         self.loop = loop
@@ -397,6 +403,8 @@ class CaptureSource(FrameSource):
     ) -> None:
         super().__init__(uri, light_order, stated=_meta_light_order(meta or {}), stated_by=str(meta_path) if meta_path else "",
                          default=default_light_order)
+        self.um_per_px = _meta_um_per_px(meta or {})  # the video's scale, where its meta.json states it
+        self.um_per_px_origin = f"{meta_path}"
         self.is_live = live
         self.target = target
         self.api = api
