@@ -64,7 +64,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--missing-light", default="skip", choices=("skip", "heads"),
                    help="a set missing a light: skip it, or classify with the present lights' heads (flagged)")
-    p.add_argument("--order", default=None, metavar="L1,L2,..", help="the camera's light cycle (default: the model's lights)")
+    p.add_argument("--order", default=None, metavar="L1,L2,..", help="the camera's light cycle (default: the frames' meta.json, else the model's lights)")
     p.add_argument("--crop-px", type=int, default=None, metavar="PX", help="crop window in frame pixels (default: from the bundle)")
     p.add_argument("--profile", metavar="FILE", default=None,
                    help="device profile JSON (camera um/px, from `wbc-calib optics`); default: the scale is measured "
