@@ -93,3 +93,64 @@ def test_a_set_that_cannot_be_prepared_is_a_skipped_set_not_a_rejected_frame(tin
 def test_the_new_counters_survive_to_dict(field, tiny_bundle):
     summary, _ = _run(tiny_bundle, "synthetic://?seed=1&sets=1&width=320&height=240")
     assert field in summary.to_dict()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_frame_pushed_is_in_a_set_or_in_exactly_one_counter(seed, caplog):
+    """Camera faults plus frames of no learnt colour (some back to back, which makes the assembler
+    re-learn the cycle and judge the doubtful frames again): each frame given up is one warning and
+    one count, none counted twice."""
+    import dataclasses
+
+    import numpy as np
+
+    from wbc_edge.runtime.assembler import LightCycleAssembler
+
+    rng = np.random.default_rng(seed)
+    faults = "&".join(f"{k}={rng.integers(5, 12)}" for k in ("corrupt_every", "duplicate_every", "drop_every"))
+    with open_source(f"synthetic://?seed={seed}&sets=8&width=320&height=240&{faults}") as source:
+        frames = list(source)
+    strange = set(rng.choice(len(frames) - 1, size=int(rng.integers(1, 6)), replace=False).tolist())
+    if seed % 2:
+        strange.add(min(strange) + 1)  # two in a row: the colours no longer fit, the cycle is re-learnt
+    for k in strange:
+        image = np.zeros_like(frames[k].image)
+        image[..., 1] = 200
+        image[..., 0] = rng.integers(80, 120, image.shape[:2])
+        frames[k] = dataclasses.replace(frames[k], image=image, light_hint=None)
+    assembler = LightCycleAssembler()
+    with caplog.at_level(logging.WARNING):
+        sets = [s for f in frames for s in assembler.push(f)] + assembler.flush()
+    st = assembler.stats
+    placed = sum(len(s.frame_indices) for s in sets)
+    assert placed + st["rejected"] + st["duplicates"] + st["unlocked_dropped"] + st["unrecognised_skipped"] == len(frames)
+    rejected = _lines(caplog, r"frame \d+ rejected", logging.WARNING)
+    assert len(rejected) == st["rejected"] + st["unrecognised_skipped"] == sum(assembler.rejected_by.values()) + st["unrecognised_skipped"]
+    assert len({line.split()[1] for line in rejected}) == len(rejected)  # no frame warned twice
+
+
+def test_two_unrecognisable_frames_at_the_start_end_instead_of_relocking_forever():
+    """Before, the assembler re-learnt the same colours from the same frames for ever (a hung run)."""
+    import dataclasses
+    import threading
+
+    import numpy as np
+
+    from wbc_edge.runtime.assembler import LightCycleAssembler
+
+    with open_source("synthetic://?seed=1&sets=4&width=320&height=240") as source:
+        frames = list(source)
+    for k in (0, 1):
+        image = np.zeros_like(frames[k].image)
+        image[..., 1] = 200
+        image[..., 0] = np.random.default_rng(k).integers(80, 120, image.shape[:2])
+        frames[k] = dataclasses.replace(frames[k], image=image, light_hint=None)
+    assembler, sets = LightCycleAssembler(), []
+    worker = threading.Thread(target=lambda: sets.extend([s for f in frames for s in assembler.push(f)] + assembler.flush()),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the assembler did not finish"
+    st = assembler.stats
+    assert sum(len(s.frame_indices) for s in sets) + st["unrecognised_skipped"] + st["unlocked_dropped"] + st["rejected"] == len(frames)
+    assert st["unrecognised_skipped"] >= 1 and len(sets) >= 3

@@ -775,6 +775,8 @@ class Analyzer:
         assembler_stats = dict(getattr(state.assembler, "stats", None) or {})
         for reason, n in (getattr(state.assembler, "rejected_by", None) or {}).items():
             _count(state, "frames_rejected", reason, n)  # warned "frame N rejected (flags)" by the assembler
+        if assembler_stats.get("unrecognised_skipped"):
+            _count(state, "frames_rejected", "matches no learnt light", int(assembler_stats["unrecognised_skipped"]))
         from wbc_edge.runtime.results import differential_estimate
 
         where = f"run {getattr(writer, 'path', None) or source_name}"
