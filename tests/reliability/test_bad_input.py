@@ -78,7 +78,10 @@ def test_embedded_bad_frames_are_refused_one_by_one_and_the_run_goes_on(tmp_path
     rejected = {r.getMessage().split(" rejected")[0] for r in caplog.records
                 if r.levelname == "WARNING" and " rejected" in r.getMessage()}
     assert rejected == {f"frame {i}" for i in bad}
-    assert summary.frames_rejected == 2  # five channels, another size: refused outright
+    # the summary counts the same events the warnings name (issue 18): refused outright (five channels,
+    # another size) and rejected by the assembler's flags alike
+    assert summary.frames_rejected == len(bad) == sum(summary.frames_rejected_by.values())
+    assert summary.frames_rejected_by["unusable"] == 2
     # sets touched by a bad frame are skipped (missing light), never classified from garbage;
     # the sets the damage did not touch give the same cells as the clean run
     clean_cells = {(c["set_index"], c["cell_index"]): c for c in map(strict_json, (tmp_path / "clean.jsonl").read_text().splitlines()[1:])}

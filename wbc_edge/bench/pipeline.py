@@ -34,11 +34,12 @@ def write_synthetic_sets(folder: str | os.PathLike, sets: int, seed: int = 0, wi
     return Path(folder) / "frames"
 
 
-def _read_all(frames_dir: Path, light_order: tuple[str, ...]) -> list[Any]:
+def _read_all(frames_dir: Path, analyzer: Any) -> tuple[list[Any], tuple[str, ...]]:
     from wbc_edge.runtime import open_source
 
     frames = []
-    with open_source(str(frames_dir), light_order=light_order) as source:
+    with open_source(str(frames_dir), light_order=analyzer.given_light_order) as source:
+        light_order = analyzer.light_order_for(source)  # the frames' meta.json, as a run reads them
         while True:
             frame = source.read(0.1)
             if frame is None:
@@ -46,7 +47,7 @@ def _read_all(frames_dir: Path, light_order: tuple[str, ...]) -> list[Any]:
                     break
                 continue
             frames.append(frame)
-    return frames
+    return frames, light_order
 
 
 def stages_alone(analyzer: Any, frames_dir: Path, results_path: Path) -> dict[str, Any]:
@@ -58,11 +59,11 @@ def stages_alone(analyzer: Any, frames_dir: Path, results_path: Path) -> dict[st
     spec = analyzer.spec
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    frames = _read_all(frames_dir, analyzer.light_order)
+    frames, light_order = _read_all(frames_dir, analyzer)
     seconds["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    assembler = LightCycleAssembler(analyzer.light_order)
+    assembler = LightCycleAssembler(light_order)
     sets = []
     for frame in frames:
         sets += assembler.push(frame)

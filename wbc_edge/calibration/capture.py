@@ -49,18 +49,24 @@ def capture_calibration_set(
     """
     from wbc_edge.runtime.assembler import LightCycleAssembler
     from wbc_edge.runtime.locator import crop_cells, locate_cells
-    from wbc_edge.runtime.sources import open_source
+    from wbc_edge.runtime.sources import open_source, run_light_order
 
     if sets < 1:
         raise CalibrationError(f"--sets {sets}: need at least one four-light set")
-    order = tuple(light_order or spec.modalities)
     crop = int(crop_px or spec.input_size)
     locator_light = LOCATOR_LIGHT if LOCATOR_LIGHT in spec.modalities else spec.modalities[0]
-    assembler = LightCycleAssembler(order)
     chunks: list[np.ndarray] = []
     ids: list[str] = []
     read = skipped = 0
-    src = source if source is not None else open_source(source_uri, light_order=order)
+    # the user's order, else the frames' meta.json, else the model's; compared like a run's (run_light_order)
+    src = source if source is not None else open_source(source_uri, light_order=light_order,
+                                                        default_light_order=spec.modalities)
+    try:
+        order = run_light_order(src, spec.modalities, light_order, default=spec.modalities)
+        assembler = LightCycleAssembler(order)
+    except BaseException:
+        src.close()
+        raise
 
     def take(light_set: Any) -> None:
         nonlocal read, skipped
@@ -98,5 +104,6 @@ def capture_calibration_set(
     return CalibrationSet(
         inputs=np.ascontiguousarray(inputs), input_name=spec.input_name, cell_ids=ids, labels=[None] * len(ids),
         source={"kind": "capture", "uri": source_uri, "sets_read": read, "incomplete_sets_skipped": skipped,
-                "crop_px": crop, "light_order": list(order), "input_size": spec.input_size, "seed": seed},
+                "crop_px": crop, "light_order": list(order), "input_size": spec.input_size, "seed": seed,
+                "modalities": list(spec.modalities)},
     )

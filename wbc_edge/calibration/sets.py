@@ -97,6 +97,11 @@ class CalibrationSet:
                 f"{where}: inputs '{self.input_name}' {tuple(self.inputs.shape)[1:]} do not match the model's "
                 f"'{spec.input_name}' {expected[1:]}"
             )
+        # same shape, another channel layout: the INT8 ranges would be measured on the wrong lights
+        stated = self.source.get("modalities")
+        if isinstance(stated, list) and stated and tuple(stated) != tuple(spec.modalities):
+            raise CalibrationError(f"{where}: its manifest says its channels are the lights {','.join(map(str, stated))} "
+                                   f"but the model reads {','.join(spec.modalities)} (its spec)")
 
     # ---- storage ---------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:

@@ -66,7 +66,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=args.SECONDS, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--missing-light", default="skip", choices=("skip", "heads"),
                    help="a set missing a light: skip it, or classify with the present lights' heads (flagged)")
-    p.add_argument("--order", default=None, metavar="L1,L2,..", help="the camera's light cycle (default: the model's lights)")
+    p.add_argument("--order", default=None, metavar="L1,L2,..", help="the camera's light cycle (default: the frames' meta.json, else the model's lights)")
     p.add_argument("--crop-px", type=args.PIXELS, default=None, metavar="PX", help="crop window in frame pixels (default: from the bundle)")
     p.add_argument("--profile", metavar="FILE", default=None,
                    help="device profile JSON (camera um/px, from `wbc-calib optics`); default: the scale is measured "
@@ -223,7 +223,7 @@ def run(a: argparse.Namespace) -> int:
         if display is not None and not display.show(frame):
             analyzer.stop("closed by the user")
 
-    source = open_source(uri, light_order=order)
+    source = open_source(uri, light_order=order, default_light_order=analyzer.light_order)
     try:
         with analyzer:
             summary = analyzer.analyze(source, sink=a.out, max_cells=a.max_cells, duration=a.duration,
@@ -247,9 +247,7 @@ def run(a: argparse.Namespace) -> int:
 
     print(summary.format_table())
     print(f"scale: {summary.scale}")
-    print(f"{summary.sets} sets ({summary.sets_skipped} skipped), {summary.frames} frames "
-          f"({summary.frames_dropped} dropped, {summary.frames_rejected} rejected) in {summary.duration_s:.1f} s; "
-          f"stopped: {summary.stop_reason}")
+    print(summary.counts_line())
     if summary.cells_discarded:
         print(f"{summary.cells_discarded} cell(s) classified after the {a.max_cells}-cell limit were not counted"
               + (" (kept in the results file, flagged beyond_max_cells)" if a.out else ""))

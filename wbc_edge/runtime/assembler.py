@@ -185,8 +185,10 @@ class LightCycleAssembler:
         self.by_position = False  # bright lights indistinguishable by colour: assign by order
         self.stats: dict[str, int] = dict(
             frames=0, sets=0, incomplete_sets=0, duplicates=0, rejected=0, unlocked_dropped=0, relocks=0,
-            hint_mismatches=0, unrecognised=0, field_mismatches=0,
+            hint_mismatches=0, unrecognised=0, field_mismatches=0, unrecognised_skipped=0,
         )
+        self.rejected_by: dict[str, int] = {}  # the frames counted in stats["rejected"], by their flags
+        self._overflow_warned = False
         self._pending: list[_Observation] = []
         self._current: _Building | None = None
         self._previous: _Observation | None = None
@@ -204,6 +206,8 @@ class LightCycleAssembler:
         bad = REJECT_FRAME_FLAGS & set(getattr(frame, "flags", ()) or ())
         if bad:
             self.stats["rejected"] += 1
+            reason = ",".join(sorted(bad))
+            self.rejected_by[reason] = self.rejected_by.get(reason, 0) + 1
             self._note({f"frame_rejected:{b}" for b in bad})
             log.warning("frame %s rejected (%s); its light will be missing from its set", frame.index, ",".join(sorted(bad)))
             return []
@@ -222,6 +226,7 @@ class LightCycleAssembler:
 
     def flush(self) -> list[LightSet]:
         """Emit whatever is still being assembled (end of stream)."""
+        self._skip_doubtful()
         out: list[LightSet] = []
         if not self.locked and self._pending:
             out += self._try_lock(at_end=True)
@@ -233,6 +238,14 @@ class LightCycleAssembler:
             out.append(self._finish(self._current))
             self._current = None
         return out
+
+    def _skip_doubtful(self) -> None:
+        """The frames that matched no learnt light and will not be judged again: one warning and one count
+        each, here where they are given up (a re-lock judges them again instead)."""
+        for obs in self._doubtful:
+            self.stats["unrecognised_skipped"] += 1
+            log.warning("frame %s rejected (matches no learnt light); skipped", obs.frame.index)
+        self._doubtful = []
 
     # ---- duplicates, flags ----------------------------------------------------------------------
     def _is_duplicate(self, obs: _Observation) -> bool:
@@ -276,6 +289,10 @@ class LightCycleAssembler:
                 if len(pending) > self.max_pending:
                     drop = len(pending) - self.max_pending
                     self.stats["unlocked_dropped"] += drop
+                    if not self._overflow_warned:  # once per search; the summary counts every frame
+                        log.warning("frame %s: the light cycle is not locked after %d frames; the oldest frames "
+                                    "are not assembled until it is", pending[-1].frame.index, len(pending))
+                        self._overflow_warned = True
                     del pending[:drop]
                 break
             self.signatures = signatures
@@ -283,6 +300,7 @@ class LightCycleAssembler:
             if self.by_position:
                 log.warning("bright-field lights are not distinguishable by colour (separation %.1f); assigning them by cycle position", self._min_separation())
             self.locked = True
+            self._overflow_warned = False
             if self._was_locked:
                 self.stats["relocks"] += 1
                 self._carry_flags.add("relocked")
@@ -408,9 +426,11 @@ class LightCycleAssembler:
         # back to be judged again once the cycle is learnt anew.
         out: list[LightSet] = []
         doubtful = list(self._doubtful)
-        if self._replaying and self._current is not None:  # judged twice already: emit as it is
-            out.append(self._finish(self._current))
-            self._current = None
+        if self._replaying:  # judged with colours learnt from these very frames: judging again changes nothing
+            if self._current is not None:  # emit it as it is
+                out.append(self._finish(self._current))
+                self._current = None
+            self._skip_doubtful()  # given up, so the next lock's pending list is strictly shorter (it ends)
             doubtful = []
         if self._current is not None:
             doubtful += list(self._current.lights.values())
@@ -469,9 +489,8 @@ class LightCycleAssembler:
             self._unknown_run += 1
             if self._unknown_run >= 2:
                 return self._lose_lock(obs)
-            self._doubtful.append(obs)
+            self._doubtful.append(obs)  # judged again if the cycle is re-learnt; else skipped (_skip_doubtful)
             self._note({"unrecognised_frame"})
-            log.warning("frame %s matches no learnt light; skipped", obs.frame.index)
             return []
         self._unknown_run = 0
         cur = self._current
@@ -499,7 +518,7 @@ class LightCycleAssembler:
             self._carry_flags.clear()
         cur.lights[light] = obs
         cur.last_pos = pos
-        self._doubtful = []
+        self._skip_doubtful()
         if len(cur.lights) == len(self.light_order):
             out.append(self._finish(cur))
             self._current = None

@@ -67,13 +67,23 @@ class _RunState:
     stop_reason: str = ""
     error: BaseException | None = None
     frames_dropped: int = 0
-    frames_rejected: int = 0
+    frames_rejected: int = 0  # each one named in a "frame N rejected" warning
+    frames_rejected_by: dict[str, int] = field(default_factory=dict)
     source_validates: bool = True  # a FrameSource already converted and flagged its frames
-    sets_skipped: int = 0
+    sets_skipped: int = 0  # each one named in a "set N skipped" line
+    sets_skipped_by: dict[str, int] = field(default_factory=dict)
+    assembler: Any = None
     cells_discarded: int = 0
     source_error: str = ""
     flag_counts: dict[str, int] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
+
+
+def _count(state: _RunState, counter: str, reason: str, n: int = 1) -> None:
+    """One event of the summary's `counter` (frames_rejected, sets_skipped), with its reason."""
+    setattr(state, counter, getattr(state, counter) + n)
+    by = getattr(state, counter + "_by")
+    by[reason] = by.get(reason, 0) + n
 
 
 def _validates_frames(source: Any) -> bool:
@@ -179,12 +189,14 @@ class Analyzer:
         self.max_wait_s = max(0.0, float(max_wait_ms) / 1000.0)
         self.missing_light = missing_light
         self.align = bool(align)
-        if light_order:
-            self.light_order = tuple(light_order)
-        elif LOCATOR_LIGHT in self.spec.modalities:
-            self.light_order = tuple(self.spec.modalities)
+        # The camera's cycle: the user's order, else what the source says (meta.json), else the model's;
+        # settled per run by sources.run_light_order, which compares them.
+        self._given_light_order = tuple(light_order) if light_order else None
+        if LOCATOR_LIGHT in self.spec.modalities:
+            self._model_light_order = tuple(self.spec.modalities)
         else:  # a model reading fewer lights still sees the camera's full cycle, fluorescence included
-            self.light_order = (LOCATOR_LIGHT,) + tuple(m for m in MODALITIES if m != LOCATOR_LIGHT)
+            self._model_light_order = (LOCATOR_LIGHT,) + tuple(m for m in MODALITIES if m != LOCATOR_LIGHT)
+        self.light_order = self._given_light_order or self._model_light_order
         if runner is None:
             from wbc_edge.runtime.backends import open_backend
 
@@ -240,9 +252,15 @@ class Analyzer:
         if self._auto_scale and isinstance(own, (int, float)) and own > 0:
             from wbc_edge.runtime.optics import DeviceProfile
 
-            self.set_profile(DeviceProfile(float(own), origin="the source's own scale"))
+            where = getattr(source, "um_per_px_origin", None)
+            self.set_profile(DeviceProfile(float(own), origin=f"the source's own scale ({where})" if where else "the source's own scale"))
             log.info("scale: %.4f um/px (%s)", self.um_per_px, self.scale_origin)
             return source
+        if (not self._auto_scale and isinstance(own, (int, float)) and own > 0
+                and abs(math.log(float(own) / self.um_per_px)) >= math.log(1 + SCALE_TOLERANCE)):
+            where = getattr(source, "um_per_px_origin", None) or "the source"
+            log.warning("scale: the device profile (%s) says %.4f um/px but %s says %.4f um/px; using the profile",
+                        self.scale_origin, self.um_per_px, where, float(own))
         frames: list = []
         deadline = time.monotonic() + 10.0
         while len(frames) < 3 * len(self.light_order) and time.monotonic() < deadline and not self._stop.is_set():
@@ -330,6 +348,18 @@ class Analyzer:
 
             self._crop = crop_cells
         return self._crop
+
+    @property
+    def given_light_order(self) -> tuple[str, ...] | None:
+        """The user's light cycle (light_order=, --order), None when not given."""
+        return self._given_light_order
+
+    def light_order_for(self, source: Any) -> tuple[str, ...]:
+        """The light cycle a run on `source` assembles by (sources.run_light_order: given, stated, model's)."""
+        from wbc_edge.runtime.sources import run_light_order
+
+        return run_light_order(source, self.spec.modalities, self._given_light_order,
+                               missing_ok=self.missing_light == "heads", default=self._model_light_order)
 
     def _new_assembler(self) -> Any:
         if self._assembler_factory is None:
@@ -451,9 +481,15 @@ class Analyzer:
         if own_source:
             from wbc_edge.runtime.sources import open_source
 
-            source = open_source(str(source), light_order=self.light_order)
+            source = open_source(str(source), light_order=self._given_light_order, default_light_order=self._model_light_order)
         else:
             source_name = str(getattr(source, "uri", None) or type(source).__name__)
+        try:
+            self.light_order = self.light_order_for(source)
+        except BaseException:
+            if own_source:
+                source.close()
+            raise
         writer, own_writer = sink, False
         self.open()
         self._stop.clear()
@@ -556,7 +592,7 @@ class Analyzer:
             self._put(frames_q, _END)
 
     def _prepare_stage(self, frames_q: queue.Queue, work_q: queue.Queue, state: _RunState) -> None:
-        assembler = self._new_assembler()
+        assembler = state.assembler = self._new_assembler()
         validator = None if state.source_validates else _frame_validator()
         while not self._abort.is_set():
             try:
@@ -570,7 +606,7 @@ class Analyzer:
                 with self.stats.time("assemble"):
                     sets = assembler.flush() if ended else assembler.push(frame)
             except WbcError as e:  # a corrupt frame is reported and skipped; the run goes on
-                state.frames_rejected += 1
+                _count(state, "frames_rejected", "unusable")
                 log.warning("frame %s rejected: %s", getattr(frame, "index", "?"), e)
                 sets = []
             for light_set in sets or []:
@@ -579,7 +615,7 @@ class Analyzer:
                     work = self._prepare(light_set)
                 except DataError as e:
                     log.warning("set %s skipped: %s", getattr(light_set, "index", "?"), e)
-                    state.frames_rejected += 1
+                    _count(state, "sets_skipped", "could not be prepared")
                     continue
                 if not self._put(work_q, work):
                     return
@@ -646,7 +682,7 @@ class Analyzer:
     def _output_set(self, work: _SetWork, writer: Any, state: _RunState, max_cells: int | None,
                     on_result: Callable | None, on_set: Callable | None) -> None:
         if work.skipped:
-            state.sets_skipped += 1
+            _count(state, "sets_skipped", work.skipped)
             log.info("set %d skipped: %s", work.index, work.skipped)
         results = self._results(work)
         counted = []
@@ -699,6 +735,7 @@ class Analyzer:
         return {"classes": list(self.spec.classes), "heads": list(self.spec.heads), "source": source_name,
                 "model": str(self.bundle.path), "backend": self.runner.backend, "precision": self.runner.precision,
                 "device": self.runner.device, "missing_light": self.missing_light, "batch_size": self.batch_size,
+                "light_order": list(self.light_order),
                 "crop_px": self.crop_px, "um_per_px": round(self.um_per_px, 6), "scale_origin": self.scale_origin,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "wbc_edge_version": __version__, "quantification": self._quant_header()}
@@ -728,10 +765,18 @@ class Analyzer:
         source_counters = getattr(source, "counters", None)
         if callable(source_counters):
             source_counters = source_counters()
-        dropped_at_source = 0
+        dropped_at_source = undecodable = 0
         if isinstance(source_counters, dict):
             snap["source"] = dict(source_counters)
             dropped_at_source = int(source_counters.get("dropped", 0) or 0)  # e.g. a camera's one-frame buffer
+            undecodable = int(source_counters.get("corrupt", 0) or 0)  # read, warned rejected, never delivered
+        if undecodable:
+            _count(state, "frames_rejected", "undecodable", undecodable)
+        assembler_stats = dict(getattr(state.assembler, "stats", None) or {})
+        for reason, n in (getattr(state.assembler, "rejected_by", None) or {}).items():
+            _count(state, "frames_rejected", reason, n)  # warned "frame N rejected (flags)" by the assembler
+        if assembler_stats.get("unrecognised_skipped"):
+            _count(state, "frames_rejected", "matches no learnt light", int(assembler_stats["unrecognised_skipped"]))
         from wbc_edge.runtime.results import differential_estimate
 
         where = f"run {getattr(writer, 'path', None) or source_name}"
@@ -741,8 +786,12 @@ class Analyzer:
         assessment = assess(estimate, self._counted_probs, state.flag_counts.get(FLAG_HEADS_DISAGREE, 0))
         return RunSummary.from_differential(
             self.differential, estimate=estimate, estimate_note=note, assessment=assessment, flag_counts=dict(state.flag_counts), sets=snap["counters"].get("sets", 0),
-            sets_skipped=state.sets_skipped, frames=snap["counters"].get("frames", 0),
+            sets_skipped=state.sets_skipped, sets_skipped_by=dict(state.sets_skipped_by),
+            frames=snap["counters"].get("frames", 0) + undecodable,
             frames_dropped=state.frames_dropped + dropped_at_source, frames_rejected=state.frames_rejected,
+            frames_rejected_by=dict(state.frames_rejected_by),
+            frames_duplicate=int(assembler_stats.get("duplicates", 0)),
+            frames_unassembled=int(assembler_stats.get("unlocked_dropped", 0)), light_order=list(self.light_order),
             cells_discarded=state.cells_discarded, duration_s=snap["elapsed_s"],
             stop_reason=getattr(self, "_stop_reason", "") or "end of source", source=source_name,
             model=str(self.bundle.path), backend=self.runner.backend, precision=self.runner.precision,

@@ -146,11 +146,17 @@ class RunSummary:
     rows: list[DifferentialRow]
     total_cells: int
     flag_counts: dict[str, int] = field(default_factory=dict)
-    sets: int = 0
-    sets_skipped: int = 0
-    frames: int = 0
-    frames_dropped: int = 0
-    frames_rejected: int = 0
+    # Each counter is the number of events its own log line names, counted where that line is logged:
+    sets: int = 0  # light sets the assembler completed
+    sets_skipped: int = 0  # "set N skipped: why" (not classified), by why in sets_skipped_by
+    frames: int = 0  # frames read from the source (undecodable ones included)
+    frames_dropped: int = 0  # live frames overwritten before they were read (never seen)
+    frames_rejected: int = 0  # "frame N rejected (why)", by why in frames_rejected_by
+    frames_duplicate: int = 0  # frames identical to the one before, dropped by the assembler
+    frames_unassembled: int = 0  # read before the assembler locked onto the light cycle, never in a set
+    sets_skipped_by: dict[str, int] = field(default_factory=dict)
+    frames_rejected_by: dict[str, int] = field(default_factory=dict)
+    light_order: list[str] = field(default_factory=list)  # the camera's light cycle the run assembled by
     cells_discarded: int = 0  # classified in flight after the max-cells stop: written flagged, not counted
     duration_s: float = 0.0
     stop_reason: str = ""
@@ -178,6 +184,19 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def counts_line(self) -> str:
+        """'12 sets (2 skipped: light missing: color2 2), 48 frames (0 dropped, 1 rejected: truncated 1, ...)'."""
+        def why(by: Mapping[str, int]) -> str:
+            return (": " + ", ".join(f"{k} {v}" for k, v in sorted(by.items()))) if by else ""
+
+        frames = [f"{self.frames_dropped} dropped", f"{self.frames_rejected} rejected{why(self.frames_rejected_by)}"]
+        if self.frames_duplicate:
+            frames.append(f"{self.frames_duplicate} duplicate")
+        if self.frames_unassembled:
+            frames.append(f"{self.frames_unassembled} before the light cycle was locked")
+        return (f"{self.sets} sets ({self.sets_skipped} skipped{why(self.sets_skipped_by)}), {self.frames} frames "
+                f"({', '.join(frames)}) in {self.duration_s:.1f} s; stopped: {self.stop_reason}")
 
     def format_table(self) -> str:
         """The end-of-run table: the estimated differential with its 95% interval beside the argmax counts."""
@@ -377,6 +396,11 @@ def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
         sets.add(c.set_index)
         for f in c.flags:
             flags[f] = flags.get(f, 0) + 1
+    listed = list(header.get("classes") or [])
+    strangers = sorted({c.label for c in cells} - set(listed)) if listed else []
+    if strangers:  # the header and its cell lines disagree: say so, and keep every cell (counted under its name)
+        log.warning("%s: cell lines of class %s, which the run header's classes (%s) do not list; counted under "
+                    "their own names", results_jsonl, ", ".join(strangers), ", ".join(listed))
     times = [c.time for c in cells if FLAG_BEYOND_LIMIT not in c.flags]
     counted = [c.probs for c in cells if FLAG_BEYOND_LIMIT not in c.flags]
     estimate, note = differential_estimate(header.get("quantification"), counted, f"results {results_jsonl}")

@@ -148,6 +148,11 @@ def light_from_name(name: str, lights: Sequence[str]) -> str | None:
 
 def read_frames_meta(path: Path) -> dict[str, Any]:
     """The `meta.json` written by `wbc-synth frames` beside (or one level above) frames or a video."""
+    return find_frames_meta(path)[0]
+
+
+def find_frames_meta(path: Path) -> tuple[dict[str, Any], Path | None]:
+    """(metadata, its path) for frames or a video; ({}, None) when there is none."""
     folder = path if path.is_dir() else path.parent
     for candidate in (folder / "meta.json", folder.parent / "meta.json"):
         if candidate.is_file():
@@ -155,9 +160,14 @@ def read_frames_meta(path: Path) -> dict[str, Any]:
                 meta = json.loads(candidate.read_text())
             except (OSError, json.JSONDecodeError) as e:
                 log.warning("%s: ignoring unreadable frames metadata (%s)", candidate, e)
-                return {}
-            return meta if isinstance(meta, dict) else {}
-    return {}
+                return {}, None
+            return (meta, candidate) if isinstance(meta, dict) else ({}, None)
+    return {}, None
+
+
+def _meta_um_per_px(meta: dict[str, Any]) -> float | None:
+    value = meta.get("um_per_px")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
 
 def _meta_light_order(meta: dict[str, Any]) -> tuple[str, ...] | None:
@@ -168,14 +178,74 @@ def _meta_light_order(meta: dict[str, Any]) -> tuple[str, ...] | None:
     return None
 
 
+GIVEN_ORDER = "the given light order (--order / light_order=)"
+
+
+def _lights(order: Sequence[str]) -> str:
+    return ",".join(order)
+
+
+def order_conflict_warning(uri: str, given: Sequence[str], stated: Sequence[str], stated_by: str) -> str:
+    return (f"{uri}: {GIVEN_ORDER} {_lights(given)} contradicts {stated_by} ({_lights(stated)}); "
+            "using the given order")
+
+
+def run_light_order(source: Any, model_lights: Sequence[str], given: Sequence[str] | None = None, *,
+                    missing_ok: bool = False, default: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The camera's light cycle for a run, from every place that states it, and checked against the model.
+
+    The user's order (`given`) wins over what the source states (meta.json, the simulated camera), with a
+    warning naming both when they differ; without one, what the source states is the truth about its
+    frames; without either, `default` (the model's cycle). The order must hold the fluorescent light (the
+    cells are located in it) and every light the model reads (else every set would be skipped: an error
+    naming both, a warning under `missing_ok`, i.e. --missing-light heads); a light the model does not
+    read is a warning (its frames are assembled, never classified)."""
+    from wbc_edge.spec import LOCATOR_LIGHT
+
+    stated = getattr(source, "stated_light_order", None)
+    stated_by = getattr(source, "stated_by", "") or "the source"
+    uri = str(getattr(source, "uri", "") or type(source).__name__)
+    if given:
+        order, origin = tuple(given), GIVEN_ORDER
+        if stated and tuple(stated) != order and tuple(getattr(source, "light_order", ()) or ()) != order:
+            log.warning("%s", order_conflict_warning(uri, order, stated, stated_by))  # opened without it: not said yet
+    elif stated:
+        order, origin = tuple(stated), stated_by
+    else:
+        order, origin = tuple(default or model_lights), "the model's lights"
+    model = _lights(model_lights)
+    if LOCATOR_LIGHT not in order:
+        raise DataError(f"{uri}: {origin} ({_lights(order)}) has no '{LOCATOR_LIGHT}' light, which cells are "
+                        f"located in (the model reads {model})")
+    absent = [m for m in model_lights if m not in order]
+    if absent:
+        line = f"{uri}: the model reads {model}, but {origin} is {_lights(order)}, without {_lights(absent)}"
+        if not missing_ok:
+            raise DataError(line + "; every set would be skipped (give --order the camera's lights, or "
+                                   "--missing-light heads)")
+        log.warning("%s; every set is classified without it (flagged missing:)", line)
+    unknown = [light for light in order if light not in model_lights and light not in MODALITIES]
+    if unknown:  # a known light the model does not read is a fewer-light model on a four-light camera: fine
+        log.warning("%s: %s (%s) has %s, a light the model (%s) does not know; those frames are not classified",
+                    uri, origin, _lights(order), _lights(unknown), model)
+    return order
+
+
 class FrameSource:
     """Base class: iteration, context manager, counters. Subclasses implement `_read` and `_close`."""
 
     is_live = False
 
-    def __init__(self, uri: str, light_order: Sequence[str] | None = None) -> None:
+    def __init__(self, uri: str, light_order: Sequence[str] | None = None, *, stated: Sequence[str] | None = None,
+                 stated_by: str = "", default: Sequence[str] | None = None) -> None:
+        """light_order: the user's; stated: what the source itself says (meta.json, the simulated camera)."""
         self.uri = uri
-        self.light_order: tuple[str, ...] = tuple(light_order) if light_order else MODALITIES
+        # what the source itself says its light cycle is, and where that comes from (see run_light_order)
+        self.stated_light_order: tuple[str, ...] | None = tuple(stated) if stated else None
+        self.stated_by = stated_by
+        if light_order and self.stated_light_order and tuple(light_order) != self.stated_light_order:
+            log.warning("%s", order_conflict_warning(uri, tuple(light_order), self.stated_light_order, stated_by))
+        self.light_order: tuple[str, ...] = tuple(light_order or self.stated_light_order or default or MODALITIES)
         self.stats = SourceStats()
         self.validator = FrameValidator()
         self._streaming = True
@@ -227,11 +297,11 @@ class FrameSource:
             rgb, flags = self.validator.check(raw, where, rgb_order)
         except DataError as e:
             self.stats.corrupt += 1
-            log.warning("%s; skipped", e)
+            log.warning("frame %s rejected (undecodable, skipped): %s", index, e)
             return None
         if flags:
-            self.stats.flagged += 1
-            log.warning("%s: flagged %s", where, ",".join(sorted(flags)))
+            self.stats.flagged += 1  # the consumer rejects it and says so (one warning per frame)
+            log.info("%s: flagged %s", where, ",".join(sorted(flags)))
         self.stats.frames_read += 1
         return Frame(index=index, time=t, image=rgb, light_hint=hint, source_info=info, flags=flags)
 
@@ -239,7 +309,8 @@ class FrameSource:
 class ImageFolderSource(FrameSource):
     """A sorted folder of single-light frame images; light hint from the file name when it names a light."""
 
-    def __init__(self, uri: str, folder: Path, light_order: Sequence[str] | None = None, loop: bool = False, fps: float | None = None) -> None:
+    def __init__(self, uri: str, folder: Path, light_order: Sequence[str] | None = None, loop: bool = False, fps: float | None = None,
+                 default_light_order: Sequence[str] | None = None) -> None:
         if not folder.is_dir():
             raise SourceError(f"{folder}: image folder does not exist")
         files = self._image_files(folder)
@@ -248,8 +319,11 @@ class ImageFolderSource(FrameSource):
             files = self._image_files(folder)
         if not files:
             raise SourceError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-        meta = read_frames_meta(folder)
-        super().__init__(uri, light_order or _meta_light_order(meta))
+        meta, meta_path = find_frames_meta(folder)
+        super().__init__(uri, light_order, stated=_meta_light_order(meta), stated_by=str(meta_path),
+                         default=default_light_order)
+        self.um_per_px = _meta_um_per_px(meta)  # the frames' scale, where their meta.json states it
+        self.um_per_px_origin = f"{meta_path}"
         self.folder = folder
         self.files = files
         self.loop = loop
@@ -276,7 +350,7 @@ class ImageFolderSource(FrameSource):
                 raw_rgb = read_image(path)
             except DataError as e:
                 self.stats.corrupt += 1
-                log.warning("%s; skipped", e)
+                log.warning("frame %s rejected (undecodable, skipped): %s", index, e)
                 continue
             digits = re.search(r"\d+", path.stem)
             info = {"path": str(path), "file_number": int(digits.group()) if digits else None}
@@ -324,8 +398,13 @@ class CaptureSource(FrameSource):
         backoff_max: float = 8.0,
         properties: dict[int, float] | None = None,
         meta: dict[str, Any] | None = None,
+        meta_path: Path | None = None,
+        default_light_order: Sequence[str] | None = None,
     ) -> None:
-        super().__init__(uri, light_order or _meta_light_order(meta or {}))
+        super().__init__(uri, light_order, stated=_meta_light_order(meta or {}), stated_by=str(meta_path) if meta_path else "",
+                         default=default_light_order)
+        self.um_per_px = _meta_um_per_px(meta or {})  # the video's scale, where its meta.json states it
+        self.um_per_px_origin = f"{meta_path}"
         self.is_live = live
         self.target = target
         self.api = api
@@ -472,8 +551,9 @@ class CaptureSource(FrameSource):
 class SyntheticSource(FrameSource):
     """The simulated four-light camera (`wbc_edge.synth.frames.SyntheticCamera`); light hints are the truth."""
 
-    def __init__(self, uri: str, light_order: Sequence[str] | None = None, loop: bool = False, realtime: bool = False, **camera_options: Any) -> None:
-        super().__init__(uri, light_order)
+    def __init__(self, uri: str, light_order: Sequence[str] | None = None, loop: bool = False, realtime: bool = False,
+                 default_light_order: Sequence[str] | None = None, **camera_options: Any) -> None:
+        super().__init__(uri, light_order, default=default_light_order)
         from wbc_edge.synth.frames import SyntheticCamera  # lazy: only this source needs the renderer
 
         camera_options.setdefault("light_order", self.light_order)
@@ -482,6 +562,7 @@ class SyntheticSource(FrameSource):
         except TypeError as e:
             raise SourceError(f"{uri}: bad synthetic camera option ({e})") from None
         self.light_order = tuple(getattr(self.camera, "light_order", self.light_order))
+        self.stated_light_order, self.stated_by = self.light_order, "the simulated camera's cycle"  # it renders this order
         self.loop = loop
         self.realtime = realtime
         self._iter = iter(self.camera)
@@ -557,13 +638,16 @@ def open_source(
     light_order: Sequence[str] | None = None,
     loop: bool = False,
     capture_factory: CaptureFactory | None = None,
+    default_light_order: Sequence[str] | None = None,
     **opts: Any,
 ) -> FrameSource:
     """Open a frame source from a URI (see the module docstring); the synthetic camera when uri is None.
 
     Options: `max_reconnects`, `backoff_initial`, `backoff_max` (live sources); `width`, `height`,
     `fps` (cameras, CSI, synthetic); `realtime` and camera options (synthetic); `capture_factory`
-    replaces `cv2.VideoCapture` (tests, custom drivers).
+    replaces `cv2.VideoCapture` (tests, custom drivers). light_order: the user's light cycle (it wins over
+    a meta.json's, with a warning naming both); default_light_order: the cycle when neither says one (the
+    model's: the simulated camera then renders it).
     """
     uri = uri or DEFAULT_URI
     live_opts = {k: opts.pop(k) for k in ("max_reconnects", "backoff_initial", "backoff_max") if k in opts}
@@ -573,8 +657,12 @@ def open_source(
         options = _synthetic_options(urlsplit(uri).query)
         options.update(opts)
         loop = bool(options.pop("loop", loop))
-        order = options.pop("light_order", light_order)
-        return SyntheticSource(uri, light_order=order, loop=loop, **options)
+        order = options.pop("light_order", None)
+        if order and light_order and tuple(order) != tuple(light_order):
+            raise SourceError(f"{uri}: lights={_lights(order)} contradicts {GIVEN_ORDER} {_lights(light_order)}; "
+                              "give the cycle once")
+        return SyntheticSource(uri, light_order=order or light_order, loop=loop, default_light_order=default_light_order,
+                               **options)
 
     if uri.startswith("gst:"):
         pipeline = uri[len("gst:"):].lstrip("/") if uri.startswith("gst://") else uri[len("gst:"):]
@@ -607,9 +695,12 @@ def open_source(
     if "://" in uri and not uri.startswith("file://"):
         raise SourceError(f"{uri}: unknown source scheme (use /dev/videoN, v4l2://, csi://, gst:, rtsp://, file://, a folder or synthetic://)")
     if path.is_dir():
-        return ImageFolderSource(uri, path, light_order=light_order, loop=loop, fps=opts.get("fps"))
+        return ImageFolderSource(uri, path, light_order=light_order, loop=loop, fps=opts.get("fps"),
+                                 default_light_order=default_light_order)
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise SourceError(f"{path}: a single image is not a stream; pass its folder")
-    return CaptureSource(uri, str(path), cv2.CAP_FFMPEG, live=False, meta=read_frames_meta(path), **common)
+    meta, meta_path = find_frames_meta(path)
+    return CaptureSource(uri, str(path), cv2.CAP_FFMPEG, live=False, meta=meta, meta_path=meta_path,
+                         default_light_order=default_light_order, **common)
