@@ -152,3 +152,13 @@ def test_an_output_never_destroys_an_input_or_a_foreign_file(module, argv, needl
         assert "refusing" not in err and "same file" not in err, err
     after = {k: victims[k].read_bytes() for k in before}
     assert after == before, f"{survivor} changed"
+
+
+@pytest.mark.parametrize("uri, needle", [("synthetic://?sets=0", "'sets' must be > 0"), ("synthetic://?fps=-2", "'fps' must be > 0"),
+                                         ("synthetic://?seed=-1", "'seed' must be >= 0")])
+def test_a_camera_of_no_frames_is_refused(uri, needle, capsys):
+    from wbc_edge.cli.run import main
+
+    assert main([uri, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err

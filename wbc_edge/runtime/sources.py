@@ -629,6 +629,10 @@ def _synthetic_options(query: str) -> dict[str, Any]:
             options[names[key]] = float(value) if key in ("fps", "scale") else int(value)
         except ValueError:
             raise SourceError(f"synthetic://?{query}: option '{key}' needs a number, got '{value}'") from None
+        if key in ("sets", "n_sets", "width", "height", "fps", "scale") and not options[names[key]] > 0:
+            raise SourceError(f"synthetic://?{query}: option '{key}' must be > 0, got '{value}' (a camera of no frames)")
+        if key == "seed" and options[names[key]] < 0:
+            raise SourceError(f"synthetic://?{query}: option 'seed' must be >= 0, got '{value}'")
     return options
 
 
