@@ -26,14 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def engine_bytes(trt, batch_range=(1, 8, 32)):
-    builder = trt.Builder(None)
-    network = builder.create_network(0)
-    network.onnx = b"x"
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape(SPEC.input_name, *(SPEC.input_shape(b) for b in batch_range))
-    config.add_optimization_profile(profile)
-    return builder.build_serialized_network(network, config)
+    return fakes.serialized_engine(trt, SPEC, batch_range)
 
 
 def pixels(n, seed=0):

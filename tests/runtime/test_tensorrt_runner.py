@@ -25,18 +25,7 @@ BATCHES = (1, 8, 32)
 def fake_engine(version="10.3.0", batch_range=BATCHES):
     """Engine bytes as the fake builder makes them (profile and names), for the given version."""
     trt = fakes.make_fake_tensorrt(version)
-    return trt.Builder(None).build_serialized_network(*_network_and_config(trt, batch_range))
-
-
-def _network_and_config(trt, batch_range):
-    builder = trt.Builder(None)
-    network = builder.create_network(0)
-    network.onnx = b"x"
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape(SPEC.input_name, *(SPEC.input_shape(b) for b in batch_range))
-    config.add_optimization_profile(profile)
-    return network, config
+    return fakes.serialized_engine(trt, SPEC, batch_range)
 
 
 @pytest.fixture(params=["cuda-python", "pycuda"])

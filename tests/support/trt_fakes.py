@@ -593,3 +593,20 @@ def tiny_onnx(spec, variant: str = "fp32") -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def network_and_config(trt, spec, batch_range=(1, 8, 32)):
+    """A parsed network and a builder config with one optimisation profile, as the builder code makes them."""
+    builder = trt.Builder(None)
+    network = builder.create_network(0)
+    network.onnx = b"x"
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape(spec.input_name, *(spec.input_shape(b) for b in batch_range))
+    config.add_optimization_profile(profile)
+    return network, config
+
+
+def serialized_engine(trt, spec, batch_range=(1, 8, 32)) -> bytes:
+    """Engine bytes as the fake builder serializes them (profile and tensor names)."""
+    return trt.Builder(None).build_serialized_network(*network_and_config(trt, spec, batch_range))

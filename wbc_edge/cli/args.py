@@ -7,9 +7,24 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass
 
 from wbc_edge.spec import INPUT_SIZE_RANGE
+
+
+def run_reporting_errors(prog: str, run, args: argparse.Namespace, path_hint: object = None) -> int:
+    """`run(args)`, with a user mistake or an OS error on a file as one line on stderr and exit code 2."""
+    from wbc_edge.errors import WbcError
+
+    try:
+        return run(args)
+    except WbcError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{prog}: {getattr(e, 'filename', None) or path_hint}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 class Parser(argparse.ArgumentParser):

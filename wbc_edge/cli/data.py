@@ -5,8 +5,7 @@ import argparse
 import logging
 import sys
 
-from wbc_edge.cli.args import PIXELS, Parser
-from wbc_edge.errors import WbcError
+from wbc_edge.cli.args import PIXELS, Parser, run_reporting_errors
 from wbc_edge.outputs import Input, Output, check_paths
 
 
@@ -51,14 +50,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except WbcError as e:
-        print(f"wbc-data: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"wbc-data: {getattr(e, 'filename', None) or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("wbc-data", run, args, args.out)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ import json
 import logging
 import sys
 
-from wbc_edge.cli.args import COUNT, FPS, FRAME_PX, INDEX, MAGNIFICATION, PIXELS, Parser
-from wbc_edge.errors import WbcError
+from wbc_edge.cli.args import COUNT, FPS, FRAME_PX, INDEX, MAGNIFICATION, PIXELS, Parser, run_reporting_errors
 from wbc_edge.outputs import Output, check_paths
 
 
@@ -80,14 +79,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except WbcError as e:
-        print(f"wbc-synth: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"wbc-synth: {getattr(e, 'filename', None) or getattr(args, 'out', None) or args.results}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("wbc-synth", run, args, getattr(args, "out", None) or args.results)
 
 
 if __name__ == "__main__":
