@@ -1,7 +1,7 @@
 """TensorRT engines without torch: plan, build, engine cache, engine files, logger, target (GPU) identity.
 
 The one home of the torch-free TensorRT code. The runtime's runner reads engines through it; export
-and `wbc-run build-engine` only ask it to build for a bundle (the torch-tensorrt path, which needs
+and `wbc-engine build` only ask it to build for a bundle (the torch-tensorrt path, which needs
 torch, stays in `wbc_edge.export.tensorrt`).
 
 Engines are specific to a GPU and a TensorRT version, so the portable artefact is the ONNX in the
@@ -687,7 +687,7 @@ def read_engine_file(path: str | os.PathLike, spec: ModelSpec, target: Target | 
         raise TensorRTError(f"engine {path}: no such file")
     sidecar = sidecar_for(path)
     if not sidecar.is_file():
-        raise TensorRTError(f"engine {path}: no sidecar {sidecar.name} (build it with `wbc-run build-engine`, which writes one)")
+        raise TensorRTError(f"engine {path}: no sidecar {sidecar.name} (build it with `wbc-engine build --output FILE`, which writes one)")
     try:
         meta = json.loads(sidecar.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -702,7 +702,7 @@ def read_engine_file(path: str | os.PathLike, spec: ModelSpec, target: Target | 
     if target is not None:
         mismatch = target_mismatch(meta, target)
         if mismatch:
-            raise TensorRTError(f"engine {path}: {mismatch}; rebuild it here with `wbc-run build-engine`")
+            raise TensorRTError(f"engine {path}: {mismatch}; rebuild it here with `wbc-engine build --output FILE`")
     return engine, meta
 
 
