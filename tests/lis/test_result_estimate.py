@@ -46,3 +46,14 @@ def test_a_laboratorys_own_table_decides_flags_and_crossings(tmp_path):
     assert result.review_reasons == ["3 of 200 cells low confidence",
                                      "neutrophil interval 52.0-64.0% crosses a reference limit (50-60%)",
                                      "lymphocyte 42.0 % outside 20-40 %"]
+
+
+def test_the_library_path_carries_the_runs_start_time():
+    """queue_summary(box, analyzer.analyze(...)) passes no header: the summary itself knows when the run started."""
+    from wbc_edge.cli.run import default_model
+    from wbc_edge.runtime import Analyzer
+
+    with Analyzer(default_model(), backend="onnxruntime", precision="fp32") as analyzer:
+        summary = analyzer.analyze("synthetic://?seed=2&sets=2", sample="ACC-11")
+    assert summary.started.endswith("Z") and len(summary.started) == 20
+    assert from_summary(summary).observed_at == summary.started

@@ -147,7 +147,7 @@ def from_summary(summary: Any, header: Mapping[str, Any] | None = None, reviewed
                                  reference=table.get(label)))
     assessment = _get(summary, "assessment") or {}
     reasons = review_reasons(shares, n_cells, _get(summary, "flag_counts") or {}, assessment.get("review"))
-    observed = str(header.get("started") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    observed = str(_get(summary, "started") or header.get("started") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return SampleResult(sample=sample, shares=shares, n_cells=n_cells, review=bool(reasons), review_reasons=reasons,
                         reviewed=reviewed, observed_at=observed, instrument=dict(_get(summary, "instrument") or header.get("instrument") or {}),
                         estimate=estimate, reference_source=source)

@@ -218,6 +218,7 @@ class Analyzer:
         self.gallery: dict[str, list[np.ndarray]] = {}
         self._gallery_light = next((i for i, m in enumerate(self.spec.modalities) if m != LOCATOR_LIGHT), 0)
         self.stats = RunStats()
+        self._started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.differential = Differential(self.spec.classes)
         self._stop = threading.Event()
         self._abort = threading.Event()
@@ -496,6 +497,7 @@ class Analyzer:
         self._abort.clear()
         self._stop_reason = ""
         self.stats = RunStats()
+        self._started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.differential = Differential(self.spec.classes)
         self._counted_probs = []
         self._status_text = ""
@@ -535,6 +537,7 @@ class Analyzer:
             raise state.error
         summary = self._summary(source, source_name, state, writer)
         summary.sample, summary.instrument = self._identity["sample"], self._identity["instrument"]
+        summary.started = self._started
         return summary
 
     def _guard(self, target: Callable[..., None], args: tuple, state: _RunState) -> None:
@@ -737,7 +740,7 @@ class Analyzer:
                 "device": self.runner.device, "missing_light": self.missing_light, "batch_size": self.batch_size,
                 "light_order": list(self.light_order),
                 "crop_px": self.crop_px, "um_per_px": round(self.um_per_px, 6), "scale_origin": self.scale_origin,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "started": self._started,
                 "wbc_edge_version": __version__, "quantification": self._quant_header()}
 
     def estimate_status(self, every: int = 25) -> str:

@@ -177,6 +177,7 @@ class RunSummary:
     # reference.assess: H/L flags against the adult reference intervals and the sample's review reasons
     assessment: dict[str, Any] | None = None
     scale: str = ""  # the camera scale the run used and where it came from
+    started: str = ""  # UTC start of the run, ISO 8601 (the results header's "started")
 
     @classmethod
     def from_differential(cls, diff: Differential, **kw: Any) -> "RunSummary":
@@ -413,7 +414,8 @@ def summarize(results_jsonl: str | os.PathLike) -> RunSummary:
         backend=str(header.get("backend", "")), precision=str(header.get("precision", "")),
         results_path=str(results_jsonl), bad_lines=bad, runs_in_file=len(runs), cells_discarded=discarded,
         stop_reason="rebuilt from results file", sample=header.get("sample"), instrument=header.get("instrument"),
-        estimate=estimate, estimate_note=note, assessment=assessment, scale=scale_text(header))
+        estimate=estimate, estimate_note=note, assessment=assessment, scale=scale_text(header),
+        started=str(header.get("started", "")))
 
 
 def scale_text(header: Mapping[str, Any]) -> str:
