@@ -249,6 +249,8 @@ class Analyzer:
             return source
         if self._locate is not None and self._crop is not None:
             return source  # custom locator and cropper (tests, custom hardware) take no scale
+        if self._auto_scale:  # each run measures afresh, against the training scale (not the last sample's)
+            self.set_profile(None)
         own = getattr(source, "um_per_px", None)
         if self._auto_scale and isinstance(own, (int, float)) and own > 0:
             from wbc_edge.runtime.optics import DeviceProfile
