@@ -95,6 +95,9 @@ def test_the_recorded_choice_is_what_open_backend_auto_uses_on_this_target(bundl
     assert json.loads(path.read_text())["precision"] == "fp16"
     assert tb.recorded_choice(cache, bundle, ORIN)["precision"] == "fp16"
     assert tb.recorded_choice(cache, bundle, tb.Target("10.3.0", "RTX 4090", "8.9")) is None, "another GPU chooses again"
+    recalibrated = Bundle.open(write_bundle(tmp_path / "m2.wbc", SPEC, {"model.fp32.onnx": bundle.read("model.fp32.onnx"),
+                                                                      "model.int8-trt.onnx": bundle.read("model.int8-trt.onnx") + b" "}))
+    assert tb.recorded_choice(cache, recalibrated, ORIN) is None, "a new INT8 graph (same FP32) is gated again"
     monkeypatch.setattr(tb, "current_target", lambda *a, **k: ORIN)
     prec, why = backends._engine_gate_choice(bundle, str(cache.root))
     assert prec == "fp16" and "chosen on this device by the engine gate" in why

@@ -734,7 +734,10 @@ def engine_from_bundle(bundle: Any, precision: str, cache: EngineCache | None = 
 
 
 def _choice_path(cache: EngineCache, bundle: Any, target: Target) -> Path:
-    key = hashlib.sha256(json.dumps([bundle.member_sha256(_MEMBER["fp32"]), asdict(target)], sort_keys=True).encode()).hexdigest()[:24]
+    # Keyed by every graph an engine is built from: a re-export with a new INT8 calibration (same FP32)
+    # is gated again, never answered by a choice made on the old INT8 graph.
+    members = {m: bundle.member_sha256(m) for m in sorted(set(_MEMBER.values())) if bundle.has(m)}
+    key = hashlib.sha256(json.dumps([members, asdict(target)], sort_keys=True).encode()).hexdigest()[:24]
     return cache.root / "choices" / f"auto-{key}.json"
 
 
