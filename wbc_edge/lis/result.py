@@ -31,8 +31,10 @@ class ReferenceInterval:
     high: float
 
     def flag(self, percent: float) -> str:
-        """HL7 table 0078 abnormal flag: L below, H above, N inside."""
-        return "L" if percent < self.low else "H" if percent > self.high else "N"
+        """HL7 table 0078 abnormal flag: L below, H above, N inside (the runtime's rule)."""
+        from wbc_edge.runtime.reference import flag
+
+        return flag(percent, self.low, self.high) or "N"
 
 
 def load_reference_table(path: str | Path | None = None) -> tuple[dict[str, ReferenceInterval], str]:

@@ -50,6 +50,11 @@ def load_reference_intervals(path: str | os.PathLike) -> ReferenceIntervals:
 CROSSES = "crosses a reference limit"
 
 
+def flag(percent: float, low: float, high: float) -> str:
+    """'H' above the reference interval, 'L' below, '' inside (percent)."""
+    return "H" if percent > high else "L" if percent < low else ""
+
+
 def crosses_limit(low: float, high: float, ci_low: float, ci_high: float) -> bool:
     """Does a 95% interval (percent) straddle a reference limit? (a 0 % lower limit cannot be crossed)"""
     return (ci_low < low < ci_high and low > 0) or (ci_low < high < ci_high)
@@ -71,7 +76,7 @@ def assess(estimate: Mapping[str, Any] | None, probs: Sequence[Mapping[str, floa
                 continue
             lo, hi = ref.intervals[c]
             pct, p_lo, p_hi = 100 * share, 100 * estimate["low"][c], 100 * estimate["high"][c]
-            flags[c] = "H" if pct > hi else "L" if pct < lo else ""
+            flags[c] = flag(pct, lo, hi)
             if crosses_limit(lo, hi, p_lo, p_hi):
                 review.append(f"{c} interval {p_lo:.1f}-{p_hi:.1f}% {CROSSES} ({lo:g}-{hi:g}%)")
     n = len(probs)
