@@ -23,7 +23,7 @@ import numpy as np
 
 from wbc_edge.bundle import Bundle, atomic_write_text
 from wbc_edge.export.gate import dataset_inputs, run_onnx
-from wbc_edge.runtime.quantify import METHODS, apply_temperature, estimate_shares, params_for_bundle
+from wbc_edge.runtime.quantify import METHODS, estimate_shares, params_for_bundle
 from wbc_edge.synth.cells import BLOOD_MIXES
 
 Z_95 = 1.959963984540054
@@ -45,7 +45,7 @@ def run(model: str, data: str, samples: int, n_cells: int, precision: str | None
     if params is None:
         raise SystemExit(f"{model}: no quantification.json (run wbc-export quantify first)")
     inputs, labels = dataset_inputs(data, spec)
-    probs = apply_temperature(run_onnx(bundle.model_bytes(precision), spec, inputs)[spec.probs_name], params.temperature)
+    probs = params.calibrated_probs(run_onnx(bundle.model_bytes(precision), spec, inputs)[spec.head_probs_name])
     rng = np.random.default_rng(seed)
     k = spec.num_classes
     rows: dict[str, dict] = {}
@@ -54,18 +54,19 @@ def run(model: str, data: str, samples: int, n_cells: int, precision: str | None
         mix = np.array([BLOOD_MIXES[mix_name][c] for c in spec.classes])
         mix = mix / mix.sum()
         tolerance = Z_95 * np.sqrt(mix * (1 - mix) / 400)
-        per = {m: {"abs_err": [], "covered": [], "within_manual": []} for m in METHODS}
+        per = {m: {"abs_err": [], "err": [], "covered": [], "within_manual": []} for m in METHODS}
         for s in range(samples):
             idx = draw_sample(rng, labels, mix, n_cells)
             for m in METHODS:
                 est = estimate_shares(probs[idx], params, m, n_boot=n_boot, seed=s)
                 per[m]["abs_err"].append(np.abs(est.shares - mix))
+                per[m]["err"].append(est.shares - mix)
                 per[m]["covered"].append((est.low <= mix) & (mix <= est.high))
                 per[m]["within_manual"].append(np.abs(est.shares - mix) <= tolerance)
         rows[mix_name] = {m: {key: np.asarray(v).tolist() for key, v in d.items()} for m, d in per.items()}
     return {"model": model, "data": data, "precision": precision, "samples_per_mix": samples, "cells_per_sample": n_cells,
             "n_boot": n_boot, "seed": seed, "pool_cells": int(len(labels)), "classes": list(spec.classes),
-            "temperature": params.temperature, "seconds": time.perf_counter() - started, "mixes": rows}
+            "temperature": params.temperature, "pooling": params.pooling, "seconds": time.perf_counter() - started, "mixes": rows}
 
 
 def table(report: dict) -> str:
@@ -74,7 +75,7 @@ def table(report: dict) -> str:
     classes = report["classes"]
     ab = [CLASS_ABBREV.get(c, c) for c in classes]
     out = [f"{report['samples_per_mix']} samples of {report['cells_per_sample']} cells per mix, pool {report['pool_cells']} cells, "
-           f"{report['precision']}, T = {report['temperature']:.2f}", "",
+           f"{report['precision']}, T = {report['temperature']:.2f}, heads pooled by {report.get('pooling', 'mean')}", "",
            "| estimator | MAE pts " + " ".join(f"{a}" for a in ab) + " | coverage % " + " ".join(ab) +
            " | within 400-cell manual error % " + " ".join(ab) + " | all |",
            "|---|---|---|---|---|"]
@@ -85,6 +86,12 @@ def table(report: dict) -> str:
         out.append(f"| {m} | " + " ".join(f"{100 * v:.2f}" for v in err.mean(0)) + f" | {100 * cov.mean():.1f}: "
                    + " ".join(f"{100 * v:.0f}" for v in cov.mean(0)) + f" | " + " ".join(f"{100 * v:.0f}" for v in man.mean(0))
                    + f" | **{100 * man.mean():.1f}** |")
+    if all("err" in report["mixes"][x][m] for x in report["mixes"] for m in METHODS):
+        out += ["", "Mean signed error (estimate - truth), points, over all mixes:", "",
+                "| estimator | " + " | ".join(ab) + " |", "|---|" + "---|" * len(ab)]
+        for m in METHODS:
+            err = np.concatenate([np.asarray(report["mixes"][x][m]["err"]) for x in report["mixes"]])
+            out.append(f"| {m} | " + " | ".join(f"{100 * v:+.2f}" for v in err.mean(0)) + " |")
     out += ["", "Per mix, share of (sample, class) pairs within the manual count's error (%):", "",
             "| estimator | " + " | ".join(report["mixes"]) + " |", "|---|" + "---|" * len(report["mixes"])]
     for m in METHODS:

@@ -137,7 +137,7 @@ def test_export_writes_quantification_measured_on_the_held_out_cells(good_bundle
     from wbc_edge.calibration import labels_in_spec_order
     from wbc_edge.calibration.sets import indices_for_ids
     from wbc_edge.export.gate import run_onnx
-    from wbc_edge.runtime.quantify import apply_temperature, params_for_bundle
+    from wbc_edge.runtime.quantify import apply_temperature, params_for_bundle, pool_heads
 
     bundle = Bundle.open(good_bundle)
     quant = bundle.read_json("quantification.json")
@@ -150,9 +150,10 @@ def test_export_writes_quantification_measured_on_the_held_out_cells(good_bundle
     from wbc_edge.calibration import inputs_from_dataset
 
     labels = labels_in_spec_order(dataset, val_idx, spec)
-    probs = run_onnx(bundle.model_bytes("int8-cpu"), spec, inputs_from_dataset(dataset, val_idx, spec))[spec.probs_name]
+    heads = run_onnx(bundle.model_bytes("int8-cpu"), spec, inputs_from_dataset(dataset, val_idx, spec))[spec.head_probs_name]
+    assert quant["pooling"] == "log-mean"  # the export's default: the heads' geometric mean
     expected = np.zeros((spec.num_classes,) * 2, int)
-    np.add.at(expected, (labels, apply_temperature(probs, quant["temperature"]["combined"]).argmax(1)), 1)
+    np.add.at(expected, (labels, apply_temperature(pool_heads(heads, "log-mean"), quant["temperature"]["combined"]).argmax(1)), 1)
     assert quant["precisions"]["int8-cpu"]["confusion"] == expected.tolist()
     assert quant["fit"]["n_cells"] == len(split["val"]) and quant["fit"]["ece_after"] <= quant["fit"]["ece_before"] + 1e-9
     accuracy = bundle.read_json("accuracy.json")

@@ -12,6 +12,7 @@ from wbc_edge.runtime.quantify import (
     fit_temperature,
     measure_quantification,
     params_from_member,
+    pool_heads,
     reliability,
     simplex_lstsq,
 )
@@ -34,7 +35,7 @@ def params_from_heldout(rng, n=2000, prior=None):
     prior = np.full(K, 1 / K) if prior is None else prior
     labels = rng.choice(K, size=n, p=prior)
     probs = exact_posteriors(labels, rng, prior)
-    member = measure_quantification({"fp32": probs}, probs[:, None, :], labels, CLASSES, ["combined"], prior)
+    member = measure_quantification({"fp32": probs[:, None, :]}, labels, CLASSES, ["combined"], prior)
     return params_from_member(member, "fp32"), member
 
 
@@ -180,3 +181,36 @@ def test_bias_corrected_temperature_recovers_t_and_bias_and_em_folds_the_bias_in
     cal = apply_temperature(p[:500], t)
     np.testing.assert_allclose(em_prior_adaptation(cal, params.effective_prior(), tol=1e-10),
                                em_prior_adaptation(apply_class_bias(cal, b), params.train_prior, tol=1e-10), atol=1e-6)
+
+
+def test_log_mean_pooling_is_the_softmax_of_the_heads_mean_logits_and_mean_pooling_their_average():
+    rng = np.random.default_rng(9)
+    logits = rng.normal(0, 3, (50, 4, K))  # four heads
+    heads = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    z = logits.mean(axis=1)
+    np.testing.assert_allclose(pool_heads(heads, "log-mean"), np.exp(z) / np.exp(z).sum(-1, keepdims=True), atol=1e-12)
+    np.testing.assert_allclose(pool_heads(heads, "mean"), heads.mean(axis=1), atol=1e-12)
+    np.testing.assert_allclose(pool_heads(heads[:, :1], "log-mean"), heads[:, 0], atol=1e-12)  # one head: itself
+    with pytest.raises(QuantificationError, match="pooling 'median'"):
+        pool_heads(heads, "median")
+    with pytest.raises(QuantificationError, match="cells, heads, classes"):
+        pool_heads(heads[:, 0], "mean")
+
+
+def test_measure_quantification_fits_the_pooled_rows_and_records_the_pooling():
+    rng = np.random.default_rng(10)
+    labels = rng.choice(K, size=3000)
+    logits = rng.normal(0, 1, (3000, 3, K))
+    logits[np.arange(3000), :, labels] += 2.0  # every head leans to the truth
+    heads = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    member = measure_quantification({"fp32": heads}, labels, CLASSES, ["a", "b", "c"], np.full(K, 0.2), pooling="log-mean")
+    params = params_from_member(member, "fp32")
+    assert member["pooling"] == params.pooling == "log-mean"
+    cal = params.calibrated_probs(heads)
+    np.testing.assert_allclose(cal, apply_temperature(pool_heads(heads, "log-mean"), member["temperature"]["combined"]))
+    confusion = np.zeros((K, K), int)
+    np.add.at(confusion, (labels, cal.argmax(1)), 1)
+    assert confusion.tolist() == member["precisions"]["fp32"]["confusion"]
+    legacy = dict(member)
+    del legacy["pooling"]  # a bundle quantified before pooling was recorded: fitted on the graph's mean
+    assert params_from_member(legacy, "fp32").pooling == "mean"

@@ -8,27 +8,32 @@ import pytest
 from wbc_edge.bundle import Bundle, rewrite_bundle
 from wbc_edge.errors import SpecError
 from wbc_edge.runtime import Analyzer
-from wbc_edge.runtime.quantify import QUANT_MEMBER, QUANT_SCHEMA, apply_temperature
+from wbc_edge.runtime.quantify import QUANT_MEMBER, QUANT_SCHEMA, apply_temperature, pool_heads
 from wbc_edge.runtime.results import summarize
 
 T = 2.5
 HEAD_T = {"fluorescent": 0.5, "color1": 1.5, "color2": 2.0, "color3": 3.0}
 
 
-def with_quantification(path, spec):
+def with_quantification(path, spec, pooling=None, head_t=None):
     k = spec.num_classes
     member = {"schema": QUANT_SCHEMA, "classes": list(spec.classes), "heads": list(spec.heads), "train_prior": [0.2] * k,
-              "temperature": {"combined": T, "heads": HEAD_T, "class_bias": [0.0, 0.1, -0.2, 0.3, -0.4]},
+              "temperature": {"combined": T, "heads": head_t or HEAD_T, "class_bias": [0.0, 0.1, -0.2, 0.3, -0.4]},
               "precisions": {"fp32": {"n_cells": 500, "confusion": (np.eye(k, dtype=int) * 80 + 5).tolist(),
                                       "mean_posteriors": ((np.eye(k) * 0.6 + 0.08)).tolist()}}}
+    if pooling is not None:  # None: a member from before pooling was recorded (the heads' mean)
+        member["pooling"] = pooling
     rewrite_bundle(Bundle.open(path), {QUANT_MEMBER: json.dumps(member).encode()})
     return path
 
 
-@pytest.mark.parametrize("estimator", ["em", "acc"])
+@pytest.mark.parametrize("estimator,pooling", [("em", None), ("acc", None), ("em", "log-mean")])
 def test_live_estimate_equals_summarize_and_probabilities_are_calibrated(tmp_path, rt_bundle, rt_spec, rt_fakes, rt_analyzer_kw,
-                                                                          estimator):
-    path = with_quantification(rt_bundle[0], rt_spec)
+                                                                          estimator, pooling):
+    # below the probability floor a head's temperature cannot be undone exactly from the line, and the
+    # geometric mean reads those tails: the log-mean case keeps the heads at T = 1 (the mean cases check them)
+    head_t = {h: 1.0 for h in HEAD_T} if pooling == "log-mean" else HEAD_T
+    path = with_quantification(rt_bundle[0], rt_spec, pooling, head_t)
     frames = rt_fakes.make_fields(6, rt_spec, cells_per_field=3)
     with Analyzer(path, precision="fp32", batch_size=4, estimator=estimator, **rt_analyzer_kw) as an:
         live = an.analyze(rt_fakes.Source(frames), sink=tmp_path / "r.jsonl")
@@ -40,13 +45,14 @@ def test_live_estimate_equals_summarize_and_probabilities_are_calibrated(tmp_pat
     assert sum(live.estimate["shares"].values()) == pytest.approx(1.0)
     assert rebuilt.counts == live.counts  # the argmax counts stay beside the estimate
     assert "estimate:" in live.format_table() and "argmax" in live.format_table()
-    # each line's probabilities are the model's softmax at temperature T: undo it and compare heads' mean
+    # each line's probabilities are the heads pooled (their mean, or their geometric mean) at temperature T:
+    # undo the per-head temperatures, pool and compare
     for c in (x for x in lines if x["record"] == "cell"):
         p = np.array([c["probs"][k] for k in rt_spec.classes])
-        heads = {h: apply_temperature(np.array(v), 1 / HEAD_T[h]) for h, v in c["head_probs"].items()}
-        raw_combined = np.mean(list(heads.values()), axis=0)
-        np.testing.assert_allclose(p, apply_temperature(raw_combined, T), atol=1e-5)
-        assert c["class"] == rt_spec.classes[int(np.argmax(raw_combined))]  # calibration keeps the label
+        heads = np.stack([apply_temperature(np.array(v), 1 / head_t[h]) for h, v in c["head_probs"].items()])
+        pooled = pool_heads(heads[None], pooling or "mean")[0]
+        np.testing.assert_allclose(p, apply_temperature(pooled, T), atol=1e-5)
+        assert c["class"] == rt_spec.classes[int(np.argmax(pooled))]  # the temperature keeps the label
 
 
 def test_older_bundle_runs_with_argmax_counts_only_and_says_so(tmp_path, rt_bundle, rt_spec, rt_fakes, rt_analyzer_kw):

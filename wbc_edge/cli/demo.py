@@ -21,6 +21,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="folder for data, run, bundle, results and report (default: %(default)s)")
     p.add_argument("--cells", type=argtypes.COUNT, default=1500, help="synthetic cells to train on (default: %(default)s)")
+    p.add_argument("--donors", type=argtypes.COUNT, default=8,
+                   help="simulated donors the cells come from; the fold's validation cells are other donors' (default: %(default)s)")
     p.add_argument("--class-mix", default="balanced",
                    help="class mix of the training cells: balanced (default, so the rare classes are learned in a few "
                         "epochs) or paper (NEU 64.5%%, LYM 29.8%%, EOS 4.5%%, MO 0.8%%, BAS 0.3%%)")
@@ -38,7 +40,8 @@ def steps(a: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     data, run, bundle = out / "data", out / "run", out / "model.wbc"
     return [
         ("synthesise four-light cells", "wbc_edge.cli.synth",
-         ["cells", "--out", str(data), "--n", str(a.cells), "--seed", str(a.seed), "--class-mix", a.class_mix]),
+         ["cells", "--out", str(data), "--n", str(a.cells), "--groups", str(a.donors), "--seed", str(a.seed),
+          "--class-mix", a.class_mix]),
         ("train MM-MIMO + KD (late-fusion teachers first)", "wbc_edge.cli.train",
          ["--data", str(data), "--method", "mimo-kd", "--backbone", a.backbone, "--folds", "5", "--fold-subset", "0",
           "--epochs", str(a.epochs), "--img-size", str(a.img_size), "--out", str(run), "--seed", str(a.seed)]),

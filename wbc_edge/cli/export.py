@@ -75,6 +75,9 @@ def get_quantify_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="held-out labelled dataset (not the model's training cells)")
     p.add_argument("--train-prior", required=True,
                    help="class shares of the model's training split: balanced, paper or NEU=0.2,LYM=0.2,...")
+    p.add_argument("--pooling", default="log-mean", choices=("log-mean", "mean"),
+                   help="how a cell's heads become one probability row before calibration: their geometric (log-mean, "
+                        "measured better for the differential) or arithmetic mean (default: %(default)s)")
     p.add_argument("--out", type=Path, help="write here instead of replacing --bundle")
     return p
 
@@ -88,7 +91,7 @@ def quantify_main(argv: list[str]) -> int:
     try:
         check_paths([Output("--out", a.out or a.bundle, "bundle")], [Input("--data", a.data, untouchable_tree=True)]
                     + ([Input("--bundle", a.bundle)] if a.out else []))
-        quant = add_quantification(a.bundle, a.data, resolve_mix(a.train_prior), a.out)
+        quant = add_quantification(a.bundle, a.data, resolve_mix(a.train_prior), a.out, pooling=a.pooling)
     except WbcError as e:
         print(f"wbc-export quantify: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from wbc_edge.errors import AccuracyGateError, BackendUnavailable, CalibrationEr
 from wbc_edge.export.gate import (DEFAULT_MAX_DROP, calibration_summary, check_gate, evaluate_precisions, format_table,
                                   gate_error, run_onnx)
 from wbc_edge.run_layout import RunLayout, split_of_checkpoint
-from wbc_edge.runtime.quantify import QUANT_MEMBER, measure_quantification
+from wbc_edge.runtime.quantify import DEFAULT_POOLING, QUANT_MEMBER, measure_quantification
 from wbc_edge.spec import ModelSpec
 
 LOGGER = logging.getLogger(__name__)
@@ -169,7 +169,8 @@ def train_prior(source: ExportSource) -> np.ndarray | None:
     return counts / counts.sum() if counts.sum() else None
 
 
-def add_quantification(bundle_path: Path, data: Path, prior: Mapping[str, float] | Sequence[float], out: Path | None = None) -> dict[str, Any]:
+def add_quantification(bundle_path: Path, data: Path, prior: Mapping[str, float] | Sequence[float], out: Path | None = None,
+                       pooling: str = DEFAULT_POOLING) -> dict[str, Any]:
     """Measure temperatures and held-out rates of an existing bundle on labelled cells it never saw
     and write it again (atomically) with quantification.json; `prior`: its training split's class
     shares ({class: share}, or a sequence in the spec's class order)."""
@@ -181,8 +182,8 @@ def add_quantification(bundle_path: Path, data: Path, prior: Mapping[str, float]
         prior = [float(prior.get(c, 0.0)) for c in spec.classes]
     inputs, labels = dataset_inputs(data, spec)
     outputs = {p: run_onnx(bundle.model_bytes(p), spec, inputs) for p in bundle.precisions}
-    quant = measure_quantification({p: o[spec.probs_name] for p, o in outputs.items()}, outputs["fp32"][spec.head_probs_name],
-                                   labels, spec.classes, spec.heads, prior, data=str(data))
+    quant = measure_quantification({p: o[spec.head_probs_name] for p, o in outputs.items()}, labels, spec.classes, spec.heads,
+                                   prior, data=str(data), pooling=pooling)
     rewrite_bundle(bundle, {QUANT_MEMBER: json.dumps(quant, indent=2).encode()}, out)
     return quant
 
@@ -318,8 +319,8 @@ def export_bundle(source: ExportSource, options: ExportOptions, emit: Callable[[
             if prior is None:
                 LOGGER.warning("no training split known: %s not written (the runtime then reports argmax counts only)", QUANT_MEMBER)
             else:
-                quant = measure_quantification({p: o[spec.probs_name] for p, o in outputs.items()}, outputs["fp32"][spec.head_probs_name],
-                                               labels, spec.classes, spec.heads, prior, data=gate_where)
+                quant = measure_quantification({p: o[spec.head_probs_name] for p, o in outputs.items()}, labels, spec.classes,
+                                               spec.heads, prior, data=gate_where)
                 accuracy["calibration"] = calibration_summary(quant)
             failed = check_gate(accuracy, options.max_drop, min_agreement=options.min_agreement)
             emit(format_table(accuracy, spec.classes))

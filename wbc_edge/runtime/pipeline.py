@@ -434,10 +434,10 @@ class Analyzer:
         # recombine from the present heads (head_combine "mean").
         combined = work.head_probs[:, present].mean(axis=1) if work.missing else work.probs
         heads = work.head_probs
-        if self.quant is not None:  # temperature scaling, exact on probabilities: argmax unchanged
+        if self.quant is not None:  # the calibrated row the estimate reads, pooled from the present heads
             from wbc_edge.runtime.quantify import apply_temperature
 
-            combined = apply_temperature(combined, self.quant.temperature)
+            combined = self.quant.calibrated_probs(work.head_probs[:, present])
             heads = np.stack([apply_temperature(heads[:, h], self.quant.head_temperatures.get(spec.heads[h], 1.0))
                               for h in range(spec.num_heads)], axis=1)
         out = []

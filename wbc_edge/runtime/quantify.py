@@ -26,11 +26,18 @@ estimate at the sample's cell count (a percentile bootstrap of a few cells, or o
 no cell, would otherwise claim certainty it does not have). EM's interval is the bootstrap over
 cells (its error model is the calibration, not a confusion matrix).
 
+Pooling the heads: a cell's probability row is pooled from its heads' softmax outputs (the present
+heads only, when a light is missing) before calibration. ``log-mean`` (the default since bundles
+record ``pooling``) is the renormalised geometric mean, ``softmax(mean_h log p_h)``: a product of
+experts, whose temperature-scaled form transferred to new donors far better than the arithmetic
+mean's (benchmarks/RESULTS.md, "Counting": EM 88 -> 92 % of shares within a manual count's error on
+the packaged bundle); ``mean`` is the graph's own combined output, what older bundles were fitted on.
+
 Calibration: bias-corrected temperature scaling (BCTS; Alexandari, Kundaje and Shrikumar 2020, who
 show it is what makes EM prior adaptation work) fits ``softmax(z / T + b)`` on held-out cells. Since
-the bundle's graphs end in a softmax, ``softmax(z / T) = p ** (1 / T)`` renormalised, which every
-backend's probability output gets exactly (``apply_temperature``): that is what each per-cell result
-line holds (its argmax is the uncalibrated one). The class bias ``b`` multiplies every posterior by
+the pooled row is a softmax, ``softmax(z / T) = p ** (1 / T)`` renormalised, which every backend's
+head outputs give exactly (``calibrated_probs``): that is what each per-cell result line holds, and
+the line's class is its argmax. The class bias ``b`` multiplies every posterior by
 ``exp(b)``, which is the same as training at the prior ``prior * exp(-b)``: EM uses that effective
 prior, so the per-cell probabilities keep the model's labels and EM still sees BCTS posteriors.
 Its interval also redraws ``b`` from its Laplace approximation (the inverse Hessian of the held-out
@@ -52,6 +59,9 @@ from wbc_edge.errors import WbcError
 
 QUANT_MEMBER = "quantification.json"
 QUANT_SCHEMA = 1
+POOLINGS = ("mean", "log-mean")
+DEFAULT_POOLING = "log-mean"  # measured: benchmarks/RESULTS.md, "Counting"
+LEGACY_POOLING = "mean"  # a quantification.json without "pooling" was fitted on the graph's mean
 METHODS = ("em", "acc", "pacc", "cc")
 DEFAULT_METHOD = "em"  # chosen by benchmarks/count.py (benchmarks/RESULTS.md, "Counting")
 Z_95 = 1.959963984540054
@@ -74,6 +84,22 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     if temperature == 1.0:
         return p
     logp = np.log(np.clip(p, _PROB_FLOOR, None)) / float(temperature)
+    logp -= logp.max(axis=-1, keepdims=True)
+    e = np.exp(logp)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def pool_heads(head_probs: np.ndarray, pooling: str = DEFAULT_POOLING) -> np.ndarray:
+    """One probability row per cell from its heads' softmax rows (n, H, K): their mean, or the
+    renormalised geometric mean ("log-mean")."""
+    h = np.asarray(head_probs, dtype=np.float64)
+    if h.ndim != 3 or h.shape[1] == 0:
+        raise QuantificationError(f"pooling heads: expected (cells, heads, classes) probabilities, got shape {h.shape}")
+    if pooling == "mean":
+        return h.mean(axis=1)
+    if pooling != "log-mean":
+        raise QuantificationError(f"pooling '{pooling}' is not one of {list(POOLINGS)}")
+    logp = np.log(np.clip(h, _PROB_FLOOR, None)).mean(axis=1)
     logp -= logp.max(axis=-1, keepdims=True)
     e = np.exp(logp)
     return e / e.sum(axis=-1, keepdims=True)
@@ -170,6 +196,7 @@ class QuantParams:
     class_bias_cov: np.ndarray | None = None  # its Laplace covariance (K, K)
     precision: str = "fp32"
     measured_precision: str = "fp32"  # whose confusion this is (fp32 when the run's precision was not measured)
+    pooling: str = LEGACY_POOLING  # how a cell's heads become its probability row before the temperature
 
     @property
     def row_counts(self) -> np.ndarray:
@@ -196,7 +223,7 @@ class QuantParams:
                 "temperature": float(self.temperature), "head_temperatures": dict(self.head_temperatures),
                 "class_bias": [float(v) for v in self.bias()],
                 "class_bias_cov": None if self.class_bias_cov is None else [[float(v) for v in row] for row in self.class_bias_cov],
-                "precision": self.precision, "measured_precision": self.measured_precision}
+                "precision": self.precision, "measured_precision": self.measured_precision, "pooling": self.pooling}
 
     @classmethod
     def from_header(cls, d: Mapping[str, Any], where: str = "results header") -> "QuantParams":
@@ -209,7 +236,8 @@ class QuantParams:
                          head_temperatures={str(k): float(v) for k, v in (d.get("head_temperatures") or {}).items()},
                          class_bias=None if d.get("class_bias") is None else np.asarray(d["class_bias"], np.float64),
                          class_bias_cov=None if d.get("class_bias_cov") is None else np.asarray(d["class_bias_cov"], np.float64),
-                         precision=str(d.get("precision", "fp32")), measured_precision=str(d.get("measured_precision", "fp32")))
+                         precision=str(d.get("precision", "fp32")), measured_precision=str(d.get("measured_precision", "fp32")),
+                         pooling=str(d.get("pooling", LEGACY_POOLING)))
         except (KeyError, TypeError, ValueError) as e:
             raise QuantificationError(f"{where}: quantification parameters unreadable ({e})") from None
         params.check(where)
@@ -231,6 +259,13 @@ class QuantParams:
         self.train_prior = self.train_prior / self.train_prior.sum()
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise QuantificationError(f"{where}: temperature {self.temperature!r} must be a positive number")
+        if self.pooling not in POOLINGS:
+            raise QuantificationError(f"{where}: pooling '{self.pooling}' is not one of {list(POOLINGS)}")
+
+    def calibrated_probs(self, head_probs: np.ndarray) -> np.ndarray:
+        """Each cell's calibrated probability row from its (present) heads' softmax rows (n, H, K):
+        pooled, then temperature-scaled. What a per-cell result line holds and the estimators read."""
+        return apply_temperature(pool_heads(head_probs, self.pooling), self.temperature)
 
 
 def params_from_member(member: Mapping[str, Any], precision: str, where: str = QUANT_MEMBER) -> QuantParams:
@@ -248,7 +283,7 @@ def params_from_member(member: Mapping[str, Any], precision: str, where: str = Q
         "confusion": rates["confusion"], "mean_posteriors": rates["mean_posteriors"],
         "temperature": temps.get("combined", 1.0), "head_temperatures": temps.get("heads", {}),
         "class_bias": temps.get("class_bias"), "class_bias_cov": temps.get("class_bias_cov"),
-        "precision": precision, "measured_precision": measured}, where)
+        "precision": precision, "measured_precision": measured, "pooling": member.get("pooling", LEGACY_POOLING)}, where)
 
 
 def params_for_bundle(bundle: Any, precision: str) -> QuantParams | None:
@@ -262,24 +297,29 @@ def params_for_bundle(bundle: Any, precision: str) -> QuantParams | None:
     return params
 
 
-def measure_quantification(probs_by_precision: Mapping[str, np.ndarray], head_probs_fp32: np.ndarray, labels: np.ndarray,
-                           classes: Sequence[str], heads: Sequence[str], train_prior: Sequence[float],
-                           data: str = "") -> dict[str, Any]:
-    """quantification.json: BCTS fitted on fp32's held-out combined output, a temperature per head, ECE
-    before/after, and per precision the confusion counts and mean temperature-scaled posteriors.
+def measure_quantification(head_probs_by_precision: Mapping[str, np.ndarray], labels: np.ndarray, classes: Sequence[str],
+                           heads: Sequence[str], train_prior: Sequence[float], data: str = "",
+                           pooling: str = DEFAULT_POOLING) -> dict[str, Any]:
+    """quantification.json from every precision's head outputs (n, H, K) on labelled held-out cells:
+    BCTS fitted on fp32's pooled rows, a temperature per head, ECE before (the graph's combined output,
+    the heads' mean) and after, and per precision the confusion counts and mean calibrated posteriors.
 
     ECE "after" is of the BCTS posteriors (what EM uses); "after_temperature" of the per-cell lines' probabilities."""
+    if pooling not in POOLINGS:
+        raise QuantificationError(f"pooling '{pooling}' is not one of {list(POOLINGS)}")
     labels = np.asarray(labels, dtype=np.int64)
     k = len(classes)
-    fp32 = np.asarray(probs_by_precision["fp32"], np.float64)
+    head_fp32 = np.asarray(head_probs_by_precision["fp32"], np.float64)
+    fp32 = pool_heads(head_fp32, pooling)
     t_combined, bias, bias_cov = fit_bias_corrected_temperature(fp32, labels)
-    head_probs_fp32 = np.asarray(head_probs_fp32, np.float64)
-    t_heads = {h: fit_temperature(head_probs_fp32[:, i], labels) for i, h in enumerate(heads)}
+    t_heads = {h: fit_temperature(head_fp32[:, i], labels) for i, h in enumerate(heads)}
+    graph = pool_heads(head_fp32, "mean")
     bcts = apply_class_bias(apply_temperature(fp32, t_combined), bias)
-    before, after = reliability(fp32, labels), reliability(bcts, labels)
+    before, after = reliability(graph, labels), reliability(bcts, labels)
     precisions = {}
-    for precision, probs in probs_by_precision.items():
-        cal = apply_temperature(np.asarray(probs, np.float64), t_combined)
+    for precision, head_probs in head_probs_by_precision.items():
+        pooled = pool_heads(head_probs, pooling)
+        cal = apply_temperature(pooled, t_combined)
         confusion = np.zeros((k, k), np.int64)
         np.add.at(confusion, (labels, cal.argmax(axis=1)), 1)
         mean_post = np.zeros((k, k))
@@ -287,16 +327,16 @@ def measure_quantification(probs_by_precision: Mapping[str, np.ndarray], head_pr
             if (labels == i).any():
                 mean_post[i] = cal[labels == i].mean(axis=0)
         precisions[precision] = {"n_cells": int(len(labels)), "confusion": confusion.tolist(), "mean_posteriors": mean_post.tolist(),
-                                 "ece_before": reliability(probs, labels)["ece"],
+                                 "ece_before": reliability(pool_heads(head_probs, "mean"), labels)["ece"],
                                  "ece_after": reliability(apply_class_bias(cal, bias), labels)["ece"],
                                  "ece_after_temperature": reliability(cal, labels)["ece"]}
     prior = np.asarray(train_prior, np.float64)
-    return {"schema": QUANT_SCHEMA, "classes": list(classes), "heads": list(heads),
+    return {"schema": QUANT_SCHEMA, "classes": list(classes), "heads": list(heads), "pooling": pooling,
             "train_prior": (prior / prior.sum()).tolist(),
             "temperature": {"combined": t_combined, "heads": t_heads, "class_bias": bias.tolist(), "class_bias_cov": bias_cov.tolist()},
             "fit": {"data": data, "n_cells": int(len(labels)), "class_counts": np.bincount(labels, minlength=k).tolist(),
                     "ece_before": before["ece"], "ece_after": after["ece"],
-                    "nll_before": nll(fp32, labels), "nll_after": nll(bcts, labels),
+                    "nll_before": nll(graph, labels), "nll_after": nll(bcts, labels),
                     "reliability_before": before["bins"], "reliability_after": after["bins"]},
             "precisions": precisions}
 
@@ -464,6 +504,6 @@ def estimate_shares(probs: Any, params: QuantParams, method: str = DEFAULT_METHO
                          high=np.maximum(high, shares), n_cells=n, notes=notes)
 
 
-__all__ = ["DEFAULT_METHOD", "params_for_bundle", "METHODS", "QUANT_MEMBER", "QUANT_SCHEMA", "QuantParams", "QuantificationError", "ShareEstimate",
+__all__ = ["DEFAULT_METHOD", "DEFAULT_POOLING", "POOLINGS", "pool_heads", "params_for_bundle", "METHODS", "QUANT_MEMBER", "QUANT_SCHEMA", "QuantParams", "QuantificationError", "ShareEstimate",
            "apply_class_bias", "apply_temperature", "checked_probs", "fit_bias_corrected_temperature", "em_prior_adaptation", "estimate_shares", "fit_temperature",
            "measure_quantification", "params_from_member", "reliability", "simplex_lstsq"]

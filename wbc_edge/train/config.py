@@ -68,6 +68,8 @@ class TrainConfig:
     kd_temperature: float = _field(4.0, "KD softmax temperature")
     # measured: 1.0 pulls the heads toward weak single-light teachers (docs/training.md)
     kd_alpha: float = _field(0.3, "KD weight")
+    kd_fused: bool = _field(False, "MIMO: in rows holding one cell in every slot, distil each head from the average of the "
+                                   "teachers of the lights present (late fusion of what is left), not from its own light's teacher")
     # Augmentation: flips and 90-degree rotations only. The paper's RandAugment(2, 18) (for 224 px and
     # 15,000 cells) costs 37 points on real cells at 64 px and ~2 on the synthetic ones (docs/training.md,
     # "Real cells"); `--randaugment 2 18 --no-flip-rotate` is the paper's setting.

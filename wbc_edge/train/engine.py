@@ -217,13 +217,16 @@ def train_one_epoch(model: nn.Module, plan: MethodPlan, labels: np.ndarray, batc
     sums: dict[str, float] = {}
     rows = 0
 
+    fuse = cfg.kd_fused and teacher is not None and plan.head_labels_per_slot
+
     def prepare(batch: SlotBatch):
         xb_np, yb_np = gather_batch(plan.x, labels, batch)
-        return augment(torch.from_numpy(xb_np)), torch.from_numpy(batch.dropped), torch.from_numpy(yb_np)
+        same = torch.from_numpy((batch.index == batch.index[:, :1]).all(axis=1)) if fuse else None
+        return augment(torch.from_numpy(xb_np)), torch.from_numpy(batch.dropped), torch.from_numpy(yb_np), same
 
     prepared = prefetch(prepare, batches, cfg.num_workers)
     bar = tqdm(prepared, total=len(batches), desc=desc, leave=False, disable=not show_progress, unit="batch")
-    for xb, dropped, y in bar:
+    for xb, dropped, y, same in bar:
         xb, dropped, y = xb.to(device, non_blocking=True), dropped.to(device), y.to(device)
         if plan.head_labels_per_slot:
             keep = ~dropped
@@ -238,7 +241,7 @@ def train_one_epoch(model: nn.Module, plan: MethodPlan, labels: np.ndarray, batc
             logits = model(x)
         loss, parts = total_loss(logits.float(), y, keep, teacher_logits=teacher_logits,
                                  temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
-                                 label_smoothing=cfg.label_smoothing)
+                                 label_smoothing=cfg.label_smoothing, fused_rows=None if same is None else same.to(device))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -263,7 +263,7 @@ def summarize_missing_light(per_fold: Sequence[Mapping[str, Any]]) -> dict[str, 
 
 
 RECIPE_FIELDS = ("lr", "batch_size", "randaugment_n", "randaugment_m", "flip_rotate", "rho", "batch_repetition", "light_dropout",
-                 "solo_rows", "kd_temperature", "kd_alpha", "seed")
+                 "solo_rows", "kd_temperature", "kd_alpha", "kd_fused", "seed")
 
 
 def build_table(fold_metrics: Mapping[str, Sequence[Mapping[str, Any]]], *, backbone: str, img_size: int,
