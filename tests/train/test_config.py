@@ -50,7 +50,7 @@ def test_every_training_option_is_declared_once_and_reaches_the_config():
     changed = {"method": "early", "backbone": "resnet18", "img_size": 32, "epochs": 3, "batch_size": 16, "lr": 1e-4,
                "weight_decay": 0.01, "warmup_epochs": 0.5, "label_smoothing": 0.1, "seed": 4, "folds": 3,
                "fold_subset": [1, 2], "rho": 0.25, "batch_repetition": 3, "light_dropout": 0.2, "solo_rows": 0.5,
-               "kd_temperature": 2.0, "kd_alpha": 0.7, "randaugment_n": 1, "randaugment_m": 5, "flip_rotate": False, "amp": False,
+               "kd_temperature": 2.0, "kd_alpha": 0.7, "kd_fused": True, "randaugment_n": 1, "randaugment_m": 5, "flip_rotate": False, "amp": False,
                "device": "cuda:1", "num_workers": 0, "threads": 2, "jobs": 2, "teachers": "t", "pretrained_weights": "w.pth",
                "eval_batch_size": 64}
     assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}, "a new field needs a value here"
@@ -64,6 +64,8 @@ def test_every_training_option_is_declared_once_and_reaches_the_config():
             argv += ["--no-amp"]
         elif name == "flip_rotate":
             argv += ["--no-flip-rotate"]
+        elif name == "kd_fused":
+            argv += ["--kd-fused"]
         elif name == "fold_subset":
             argv += ["--fold-subset", "1,2"]
         else:
