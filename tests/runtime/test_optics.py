@@ -190,12 +190,13 @@ def _pair_and_neutrophil() -> np.ndarray:
     return img
 
 
-def test_two_whole_nuclei_in_one_box_are_flagged_touching_a_lobed_nucleus_is_not():
+def test_touching_cells_are_split_at_their_whole_nuclei_and_flagged_a_lobed_nucleus_is_not():
     boxes = sorted(locate_cells(_pair_and_neutrophil()), key=lambda b: b.x0)
-    assert len(boxes) == 2
-    pair, neutrophil = boxes
-    assert pair.n_lobes == 2 and pair.whole_nuclei == 2
-    assert neutrophil.n_lobes >= 3 and neutrophil.whole_nuclei == 0
+    assert len(boxes) == 3
+    left, right, neutrophil = boxes
+    assert (left.n_lobes, right.n_lobes) == (1, 1) and left.whole_nuclei == right.whole_nuclei == 2
+    assert abs(left.cx - 80) < 1.5 and abs(right.cx - 103) < 1.5 and abs(left.cy - 100) < 1.5
+    assert neutrophil.n_lobes >= 3 and neutrophil.whole_nuclei == 0 and abs(neutrophil.cx - 220) < 3
 
 
 def test_results_flag_touching_cells(rt_bundle):
@@ -208,7 +209,7 @@ def test_results_flag_touching_cells(rt_bundle):
     light_set = LightSet(0, {"fluorescent": fluo, "color1": bright, "color2": bright, "color3": bright}, {})
     with Analyzer(rt_bundle[0], backend="onnxruntime", intra_op_threads=1) as an:
         results = sorted(an.classify_set(light_set), key=lambda r: r.box[0])
-    assert [FLAG_TOUCHING in r.flags for r in results] == [True, False]
+    assert [FLAG_TOUCHING in r.flags for r in results] == [True, True, False]  # the pair split, each flagged
     assert results[0].size_um[0] == pytest.approx((results[0].box[2] - results[0].box[0]) * SIM_UM_PER_PX)
 
 

@@ -14,6 +14,7 @@ own resolution is enough to find cells, and it is much cheaper), and the boxes a
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -227,45 +228,78 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
         sel = order[bounds[cell - 1] : bounds[cell]]
         if peak_fraction > 0 and sel.size:  # the nucleus is what glows near its own peak; dimmer neighbours are not it
             sel = sel[values[sel] >= peak_fraction * float(values[sel].max())]
-        area = int(sel.size)
-        if area < min_area / 3 or area > max_area:
-            continue
-        v = values[sel]
-        intensity = float(v.mean())
-        if intensity < min_intensity:
-            continue
-        px, py = xs[sel], ys[sel]
-        weight = v.astype(np.float64)
-        cx = float((px * weight).sum() / weight.sum())
-        cy = float((py * weight).sum() / weight.sum())
-        nx0, ny0, nx1, ny1 = int(px.min()), int(py.min()), int(px.max()) + 1, int(py.max()) + 1
-        body_area = 0
-        if body is not None:
-            # the glow connected to this nucleus, looked for only around it (cheap, and a neighbour's
-            # glow cannot stretch the box beyond max_cell_margin)
-            wx0, wy0 = max(nx0 - max_cell_margin - 1, 0), max(ny0 - max_cell_margin - 1, 0)
-            wx1, wy1 = min(nx1 + max_cell_margin + 1, w), min(ny1 + max_cell_margin + 1, h)
-            _, labels, stats, _ = cv2.connectedComponentsWithStats(body[wy0:wy1, wx0:wx1], connectivity=8)
-            st = stats[np.unique(labels[py - wy0, px - wx0])]
-            body_area = int(st[:, cv2.CC_STAT_AREA].sum())
-            x0 = max(wx0 + int(st[:, 0].min()) - 1, nx0 - max_cell_margin)
-            y0 = max(wy0 + int(st[:, 1].min()) - 1, ny0 - max_cell_margin)
-            x1 = min(wx0 + int((st[:, 0] + st[:, 2]).max()) + 1, nx1 + max_cell_margin)
-            y1 = min(wy0 + int((st[:, 1] + st[:, 3]).max()) + 1, ny1 + max_cell_margin)
-        else:
-            x0, y0, x1, y1 = nx0 - cell_margin, ny0 - cell_margin, nx1 + cell_margin, ny1 + cell_margin
-        if area < min_area and body_area < min_body_area:
-            continue  # small and without cytoplasm: debris
-        if x0 < border_margin or y0 < border_margin or x1 > w - border_margin or y1 > h - border_margin:
-            continue  # cut by the frame border: its crop would be incomplete
-        lobe_ids, lobe_px = np.unique(lobe_labels[py, px], return_counts=True)
-        boxes.append(CellBox(x0, y0, x1, y1, cx, cy, area, len(lobe_ids), intensity, body_area,
-                             int((lobe_px >= nucleus_px).sum()) if nucleus_px else 0))
+        whole = 0
+        parts = [sel]
+        if nucleus_px and sel.size:
+            parts, whole = _split_whole_nuclei(sel, lobe_labels[ys[sel], xs[sel]], xs[sel], ys[sel], nucleus_px)
+        for part in parts:
+            box = _measure_cell(part, xs, ys, values, lobe_labels, body, w, h, min_area=min_area, max_area=max_area,
+                                min_body_area=min_body_area, min_intensity=min_intensity, border_margin=border_margin,
+                                cell_margin=cell_margin, max_cell_margin=max_cell_margin)
+            if box is not None:
+                boxes.append(dataclasses.replace(box, whole_nuclei=whole))
     # a small fragment centred inside a bigger cell's box is a lobe that strayed past merge_distance
     boxes = [b for b in boxes if b.area >= min_area or not any(
         o is not b and o.area > b.area and o.x0 <= b.cx < o.x1 and o.y0 <= b.cy < o.y1 for o in boxes)]
     boxes.sort(key=lambda b: (b.y0, b.x0))
     return boxes
+
+
+def _split_whole_nuclei(sel: np.ndarray, lobe_of: np.ndarray, px: np.ndarray, py: np.ndarray,
+                        nucleus_px: int) -> tuple[list[np.ndarray], int]:
+    """A merged component holding two or more lobes each as large as a whole round nucleus is touching
+    cells: one part per whole nucleus, every smaller lobe joining the whole nucleus nearest to its
+    centroid. `sel` indexes the mask pixels; lobe_of, px, py are the lobe label and position of each.
+    Returns (parts, number of whole nuclei)."""
+    ids, inverse, counts = np.unique(lobe_of, return_inverse=True, return_counts=True)
+    whole = np.flatnonzero(counts >= nucleus_px)
+    if len(whole) < 2:
+        return [sel], int(len(whole))
+    cx = np.bincount(inverse, weights=px, minlength=len(ids)) / counts
+    cy = np.bincount(inverse, weights=py, minlength=len(ids)) / counts
+    nearest = whole[np.argmin((cx[:, None] - cx[whole]) ** 2 + (cy[:, None] - cy[whole]) ** 2, axis=1)]
+    owner = nearest[inverse]
+    return [sel[owner == k] for k in whole], int(len(whole))
+
+
+def _measure_cell(sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, values: np.ndarray, lobe_labels: np.ndarray,
+                  body: np.ndarray | None, w: int, h: int, *, min_area: int, max_area: int, min_body_area: int,
+                  min_intensity: float, border_margin: int, cell_margin: int, max_cell_margin: int) -> CellBox | None:
+    """One cell's box from its nuclear pixels (indices into the mask pixels), or None when it is debris,
+    a clump, too dim or cut by the frame border."""
+    area = int(sel.size)
+    if area < min_area / 3 or area > max_area:
+        return None
+    v = values[sel]
+    intensity = float(v.mean())
+    if intensity < min_intensity:
+        return None
+    px, py = xs[sel], ys[sel]
+    weight = v.astype(np.float64)
+    cx = float((px * weight).sum() / weight.sum())
+    cy = float((py * weight).sum() / weight.sum())
+    nx0, ny0, nx1, ny1 = int(px.min()), int(py.min()), int(px.max()) + 1, int(py.max()) + 1
+    body_area = 0
+    if body is not None:
+        # the glow connected to this nucleus, looked for only around it (cheap, and a neighbour's
+        # glow cannot stretch the box beyond max_cell_margin)
+        wx0, wy0 = max(nx0 - max_cell_margin - 1, 0), max(ny0 - max_cell_margin - 1, 0)
+        wx1, wy1 = min(nx1 + max_cell_margin + 1, w), min(ny1 + max_cell_margin + 1, h)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(body[wy0:wy1, wx0:wx1], connectivity=8)
+        st = stats[np.unique(labels[py - wy0, px - wx0])]
+        body_area = int(st[:, cv2.CC_STAT_AREA].sum())
+        x0 = max(wx0 + int(st[:, 0].min()) - 1, nx0 - max_cell_margin)
+        y0 = max(wy0 + int(st[:, 1].min()) - 1, ny0 - max_cell_margin)
+        x1 = min(wx0 + int((st[:, 0] + st[:, 2]).max()) + 1, nx1 + max_cell_margin)
+        y1 = min(wy0 + int((st[:, 1] + st[:, 3]).max()) + 1, ny1 + max_cell_margin)
+    else:
+        x0, y0, x1, y1 = nx0 - cell_margin, ny0 - cell_margin, nx1 + cell_margin, ny1 + cell_margin
+    if area < min_area and body_area < min_body_area:
+        return None  # small and without cytoplasm: debris
+    if x0 < border_margin or y0 < border_margin or x1 > w - border_margin or y1 > h - border_margin:
+        return None  # cut by the frame border: its crop would be incomplete
+    n_lobes = len(np.unique(lobe_labels[py, px]))
+    return CellBox(x0, y0, x1, y1, cx, cy, area, n_lobes, intensity, body_area)
 
 
 def crop_window(image: np.ndarray, cx: float, cy: float, side: int) -> np.ndarray:
