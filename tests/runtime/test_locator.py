@@ -95,7 +95,9 @@ def test_a_stray_lobe_inside_its_cell_is_not_a_second_cell():
     img[(xx - 94) ** 2 + (yy - 80) ** 2 < 4**2] = (60, 200, 60)  # a small lobe 8 px away
     boxes = locate_cells(img, merge_distance=6, open_px=0)  # no opening: areas exactly as drawn
     assert len(boxes) == 1 and boxes[0].x0 <= 62 and boxes[0].x1 >= 98
-    assert len(locate_cells(img, merge_distance=6, min_area=40, open_px=0)) == 2  # as big as a cell, it would count
+    # as big as a cell, it would count (were it not also outshone by the nucleus beside it: the local-contrast rule)
+    assert len(locate_cells(img, merge_distance=6, min_area=40, open_px=0, min_local_contrast=0)) == 2
+    assert len(locate_cells(img, merge_distance=6, min_area=40, open_px=0)) == 1
 
 
 @settings(max_examples=40, deadline=None)
@@ -198,3 +200,27 @@ def test_detection_scores_matches_one_to_one():
     assert detection_scores([(1, 1, 10, 10), (0, 0, 9, 9)], truth) == {"tp": 1, "fp": 1, "fn": 1, "recall": 0.5, "precision": 0.5}
     assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert detection_scores([], [])["recall"] == 1.0
+
+
+def _nucleus_in_debris(debris_level: int, nucleus_level: int = 200) -> np.ndarray:
+    """A round nucleus (8 px) in a ring of stain debris as thick as a lobe (6 px), 8 px beyond it."""
+    img = np.full((120, 120, 3), 8, np.uint8)
+    yy, xx = np.mgrid[:120, :120]
+    r2 = (xx - 60) ** 2 + (yy - 60) ** 2
+    img[(r2 >= 16**2) & (r2 < 22**2), 1] = debris_level
+    img[r2 < 8**2, 1] = nucleus_level
+    return img
+
+
+def _the_nucleus(boxes):
+    return [b for b in boxes if abs(b.cx - 60) < 1 and abs(b.cy - 60) < 1 and b.x1 - b.x0 < 25]
+
+
+def test_a_nucleus_must_outshine_its_surroundings_at_any_exposure():
+    kw = {"open_px": 0, "merge_distance": 4}  # the debris apart from the nucleus, areas as drawn
+    for gain in (1.0, 0.5):  # the rule is a ratio: the same verdict at half the exposure
+        bright_debris = (_nucleus_in_debris(130) * gain).astype(np.uint8)
+        faint_debris = (_nucleus_in_debris(60) * gain).astype(np.uint8)
+        assert _the_nucleus(locate_cells(bright_debris, **kw)) == []  # 200 against 130 around it: a knot in debris
+        assert len(_the_nucleus(locate_cells(faint_debris, **kw))) == 1
+        assert len(_the_nucleus(locate_cells(bright_debris, min_local_contrast=0, **kw))) == 1  # the rule rejected it

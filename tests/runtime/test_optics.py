@@ -35,7 +35,7 @@ def test_locator_geometry_in_pixels_is_the_old_constants_at_the_simulators_scale
     px = GEOMETRY.in_pixels(SIM_UM_PER_PX)
     assert px == {"min_area": 90, "max_area": 3000, "min_body_area": 270, "merge_distance": 9.0, "border_margin": 2,
                   "cell_margin": 6, "max_cell_margin": 16, "background_px": 61, "blur_sigma": 1.0,
-                  "open_px": 6, "nucleus_px": 159}  # new: a 2.5 um grey opening; 30 um2 whole-nucleus flag
+                  "open_px": 6, "nucleus_px": 159, "context_px": 9}  # new: 2.5 um opening; 30 um2 whole nucleus; 4 um context
     px2 = GEOMETRY.in_pixels(SIM_UM_PER_PX / 2)  # twice the magnification: lengths x2, areas x4
     assert px2["min_area"] == 360 and px2["merge_distance"] == 18.0 and px2["max_cell_margin"] == 32
 

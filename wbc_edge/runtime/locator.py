@@ -47,6 +47,7 @@ class LocatorGeometry:
     blur_um: float = 1.0 * _U
     whole_nucleus_um2: float = 30.0  # a lobe this large is a whole nucleus (a lymphocyte's is ~40; a neutrophil lobe ~5-20)
     min_lobe_um: float = 2.5  # thinner bright structures (red-cell rims, fibres) are not nuclei (0: no opening)
+    context_um: float = 4.0  # the ring around a cell whose glow its nucleus must outshine (`min_local_contrast`)
     work_um_per_px: float = _U  # frames finer than this are located at this resolution (the sizes above fit it)
 
     def in_pixels(self, um_per_px: float) -> dict[str, Any]:
@@ -59,7 +60,8 @@ class LocatorGeometry:
                 "border_margin": max(1, int(round(self.border_um * l))), "cell_margin": max(1, int(round(self.cell_margin_um * l))),
                 "max_cell_margin": max(1, int(round(self.max_cell_margin_um * l))),
                 "background_px": max(3, int(round(self.background_um * l))), "blur_sigma": round(self.blur_um * l, 6),
-                "open_px": int(round(self.min_lobe_um * l)), "nucleus_px": int(round(self.whole_nucleus_um2 * a))}
+                "open_px": int(round(self.min_lobe_um * l)), "nucleus_px": int(round(self.whole_nucleus_um2 * a)),
+                "context_px": max(1, int(round(self.context_um * l)))}
 
 
 GEOMETRY = LocatorGeometry()
@@ -138,7 +140,9 @@ def locate_cells(
     blur_sigma: float | None = None,
     open_px: int | None = None,
     nucleus_px: int | None = None,
+    context_px: int | None = None,
     peak_fraction: float = 0.4,
+    min_local_contrast: float = 2.2,
 ) -> list[CellBox]:
     """White cells in a fluorescence frame (RGB uint8 HxWx3, or a single-channel image).
 
@@ -158,6 +162,9 @@ def locate_cells(
         single-channel frame (no glow to see) the nucleus box grown by `cell_margin`.
     min_contrast: floor under the Otsu threshold (0..255 above background).
     min_intensity: a cell's mean nuclear brightness above background must reach this.
+    min_local_contrast: ... and this many times the glow around it (95th percentile within `context_px`
+        of its box, other nuclei left out): a nucleus stands out from its surroundings, a knot in a
+        network of red-cell rims or stain debris does not. A ratio, so it holds at any exposure (0: off).
     """
     if not isinstance(fluorescent, np.ndarray) or fluorescent.ndim not in (2, 3) or fluorescent.size == 0:
         raise DataError(f"locate_cells: expected an HxW or HxWx3 image, got {getattr(fluorescent, 'shape', type(fluorescent))}")
@@ -174,10 +181,10 @@ def locate_cells(
     given = {"min_area": min_area, "max_area": max_area, "min_body_area": min_body_area, "merge_distance": merge_distance,
              "border_margin": border_margin, "cell_margin": cell_margin, "max_cell_margin": max_cell_margin,
              "background_px": background_px, "blur_sigma": blur_sigma, "open_px": open_px,
-             "nucleus_px": nucleus_px}
+             "nucleus_px": nucleus_px, "context_px": context_px}
     px.update({k: v for k, v in given.items() if v is not None})
     boxes = _locate(fluorescent, body_contrast=body_contrast, min_contrast=min_contrast, min_intensity=min_intensity,
-                    channel=channel, peak_fraction=peak_fraction, **px)
+                    channel=channel, peak_fraction=peak_fraction, min_local_contrast=min_local_contrast, **px)
     if factor != 1.0:
         boxes = [_scaled_box(b, factor, w0, h0) for b in boxes]
     return boxes
@@ -193,7 +200,8 @@ def _scaled_box(b: CellBox, f: float, w: int, h: int) -> CellBox:
 def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_area: int, merge_distance: float,
             border_margin: int, cell_margin: int, max_cell_margin: int, body_contrast: float, min_contrast: float,
             min_intensity: float, channel: str, background_px: int, blur_sigma: float, open_px: int = 0,
-            peak_fraction: float = 0.0, nucleus_px: int = 0) -> list[CellBox]:
+            peak_fraction: float = 0.0, nucleus_px: int = 0, context_px: int = 1,
+            min_local_contrast: float = 0.0) -> list[CellBox]:
     h, w = fluorescent.shape[:2]
     if h < 3 or w < 3:
         return []
@@ -228,6 +236,8 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
         sel = order[bounds[cell - 1] : bounds[cell]]
         if peak_fraction > 0 and sel.size:  # the nucleus is what glows near its own peak; dimmer neighbours are not it
             sel = sel[values[sel] >= peak_fraction * float(values[sel].max())]
+        if sel.size > max_area:
+            continue  # a clump (or a network of red-cell rims): not split into cells
         whole = 0
         parts = [sel]
         if nucleus_px and sel.size:
@@ -236,13 +246,29 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
             box = _measure_cell(part, xs, ys, values, lobe_labels, body, w, h, min_area=min_area, max_area=max_area,
                                 min_body_area=min_body_area, min_intensity=min_intensity, border_margin=border_margin,
                                 cell_margin=cell_margin, max_cell_margin=max_cell_margin)
-            if box is not None:
+            if box is not None and (min_local_contrast <= 0
+                                    or box.intensity >= min_local_contrast * _surrounding_glow(signal, xs[sel], ys[sel], box,
+                                                                                                 context_px)):
                 boxes.append(dataclasses.replace(box, whole_nuclei=whole))
     # a small fragment centred inside a bigger cell's box is a lobe that strayed past merge_distance
     boxes = [b for b in boxes if b.area >= min_area or not any(
         o is not b and o.area > b.area and o.x0 <= b.cx < o.x1 and o.y0 <= b.cy < o.y1 for o in boxes)]
     boxes.sort(key=lambda b: (b.y0, b.x0))
     return boxes
+
+
+def _surrounding_glow(signal: np.ndarray, own_x: np.ndarray, own_y: np.ndarray, box: CellBox, ring_px: int) -> float:
+    """The 95th percentile of the signal in a ring `ring_px` wide around the box, leaving out the nuclear
+    pixels of its own component (own_x, own_y: its lobes, and those of a touching cell split from it);
+    at least 1 (a dark field)."""
+    h, w = signal.shape
+    x0, y0, x1, y1 = max(box.x0 - ring_px, 0), max(box.y0 - ring_px, 0), min(box.x1 + ring_px, w), min(box.y1 + ring_px, h)
+    ring = np.ones((y1 - y0, x1 - x0), bool)
+    inside = (own_x >= x0) & (own_x < x1) & (own_y >= y0) & (own_y < y1)
+    ring[own_y[inside] - y0, own_x[inside] - x0] = False
+    ring[max(box.y0, 0) - y0 : box.y1 - y0, max(box.x0, 0) - x0 : box.x1 - x0] = False
+    values = signal[y0:y1, x0:x1][ring]
+    return max(float(np.percentile(values, 95)), 1.0) if values.size else 1.0
 
 
 def _split_whole_nuclei(sel: np.ndarray, lobe_of: np.ndarray, px: np.ndarray, py: np.ndarray,
