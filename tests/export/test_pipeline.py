@@ -17,7 +17,8 @@ def good_bundle(run_dir, tmp_path_factory, split):
     out = tmp_path_factory.mktemp("bundle")
     assert calib_cli.main(["select", "--run", str(run_dir), "--fold", "0", "--size", "48", "--out", str(out / "calib")]) == 0
     rc = export_cli.main(["--run", str(run_dir), "--out", str(out / "model.wbc"), "--int8", "--fp16",
-                          "--calib", str(out / "calib"), "--cache-dir", str(out / "cache"), "--max-drop", "100"])
+                          "--calib", str(out / "calib"), "--cache-dir", str(out / "cache"), "--max-drop", "100",
+                          "--report", str(out / "export.html")])
     assert rc == 0
     return out / "model.wbc"
 
@@ -176,3 +177,28 @@ def test_quantify_adds_the_member_to_an_existing_bundle_atomically(good_bundle, 
     assert new.read("model.fp32.onnx") == b.read("model.fp32.onnx")
     assert export_cli.main(["quantify", "--bundle", str(old), "--data", str(dataset_dir), "--train-prior", "NEU=x"]) == 2
     assert "share 'x' is not a number" in capsys.readouterr().err
+
+
+def test_export_report_shows_the_gate_and_the_calibration_with_its_reliability_diagrams(good_bundle, tmp_path, capsys):
+    import re
+
+    from wbc_edge.outputs import REPORT_MARKER
+
+    bundle = Bundle.open(good_bundle)
+    page = (good_bundle.parent / "export.html").read_text()  # written by wbc-export --report
+    assert page.startswith("<!DOCTYPE html>") and REPORT_MARKER in page
+    quant, gate = bundle.read_json("quantification.json"), bundle.read_json("accuracy.json")
+    for precision, row in gate["precisions"].items():
+        assert re.search(rf"<td>{precision}</td><td>{row['weighted_f1']:.2f}</td>", page)
+    svgs = re.findall(r"<svg .*?</svg>", page, re.S)
+    assert len(svgs) == 2 and f"before: ECE {100 * quant['fit']['ece_before']:.1f}%" in svgs[0]
+    # one bar per non-empty confidence bin, its height the bin's accuracy
+    assert svgs[1].count("<title>confidence") == len(quant["fit"]["reliability_after"])
+    assert "the heads&#x27; geometric mean" in page
+    # the same page from the bundle alone; refused over its own bundle, which is left as it was
+    assert export_cli.main(["report", "--bundle", str(good_bundle), "--out", str(tmp_path / "r.html")]) == 0
+    assert re.sub(r"written</td><td>[^<]*", "", (tmp_path / "r.html").read_text()) == re.sub(r"written</td><td>[^<]*", "", page)
+    before = good_bundle.read_bytes()
+    capsys.readouterr()
+    assert export_cli.main(["report", "--bundle", str(good_bundle), "--out", str(good_bundle)]) == 2
+    assert "same file as input --bundle" in capsys.readouterr().err and good_bundle.read_bytes() == before

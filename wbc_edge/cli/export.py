@@ -4,6 +4,7 @@
   wbc-export --checkpoint model.pt --out model.wbc --int8 --gate-data DIR --calib DIR
   wbc-export compare --bundle model.wbc --data DIR
   wbc-export quantify --bundle model.wbc --data DIR --train-prior balanced
+  wbc-export report --bundle model.wbc --out export.html
 
 Exits 1 when a precision loses more than --max-drop weighted-F1 points (nothing is written), 2 on a
 usage or input error.
@@ -49,6 +50,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--via", default="onnx", choices=["onnx", "torch-tensorrt"], help="how engines are built (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, help="calibration-range cache (default: .wbc-calib-cache beside --out)")
     p.add_argument("--opset", type=args.OPSET, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--report", type=Path, help="also write the export's report here (HTML: gate, calibration, reliability diagrams)")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (no step progress or table)")
     return p
 
@@ -79,7 +81,31 @@ def get_quantify_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="how a cell's heads become one probability row before calibration: their geometric (log-mean, "
                         "measured better for the differential) or arithmetic mean (default: %(default)s)")
     p.add_argument("--out", type=Path, help="write here instead of replacing --bundle")
+    p.add_argument("--report", type=Path, help="also write the export's report here (HTML)")
     return p
+
+
+def get_report_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = args.Parser("wbc-export report", add_help=add_help,
+                    description="The export's report of a bundle (HTML): the accuracy gate, the probability calibration "
+                                "with its reliability diagrams, and the held-out confusion per precision.")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the HTML report to write")
+    return p
+
+
+def report_main(argv: list[str]) -> int:
+    a = get_report_parser().parse_args(argv)
+    from wbc_edge.export.report import write_export_report
+
+    try:
+        check_paths([Output("--out", a.out, "report")], [Input("--bundle", a.bundle)])
+        write_export_report(a.bundle, a.out)
+    except WbcError as e:
+        print(f"wbc-export report: {e}", file=sys.stderr)
+        return 2
+    print(f"wbc-export report: wrote {a.out}")
+    return 0
 
 
 def quantify_main(argv: list[str]) -> int:
@@ -89,14 +115,18 @@ def quantify_main(argv: list[str]) -> int:
     from wbc_edge.synth.cells import resolve_mix
 
     try:
-        check_paths([Output("--out", a.out or a.bundle, "bundle")], [Input("--data", a.data, untouchable_tree=True)]
-                    + ([Input("--bundle", a.bundle)] if a.out else []))
+        check_paths([Output("--out", a.out or a.bundle, "bundle"), Output("--report", a.report, "report")],
+                    [Input("--data", a.data, untouchable_tree=True)] + ([Input("--bundle", a.bundle)] if a.out else []))
         quant = add_quantification(a.bundle, a.data, resolve_mix(a.train_prior), a.out, pooling=a.pooling)
+        if a.report:
+            from wbc_edge.export.report import write_export_report
+
+            write_export_report(a.out or a.bundle, a.report)
     except WbcError as e:
         print(f"wbc-export quantify: {e}", file=sys.stderr)
         return 2
     print(format_calibration(calibration_summary(quant)))
-    print(f"wbc-export quantify: wrote {a.out or a.bundle} with quantification.json")
+    print(f"wbc-export quantify: wrote {a.out or a.bundle} with quantification.json" + (f"; report {a.report}" if a.report else ""))
     return 0
 
 
@@ -142,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return compare_main(argv[1:])
     if argv[:1] == ["quantify"]:
         return quantify_main(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
     a = get_args_parser().parse_args(argv)
     _setup_logging(a.quiet)
     from wbc_edge.export.pipeline import INT8_VARIANTS, ExportOptions, checkpoint_in_run, export_bundle, load_source, parse_list
@@ -167,10 +199,14 @@ def main(argv: list[str] | None = None) -> int:
             engines=engines, engine_options=engine_options, via=a.via, cache_dir=a.cache_dir, opset=a.opset,
         )
         checkpoint = a.checkpoint if a.checkpoint is not None else checkpoint_in_run(a.run, a.method, a.fold)
-        check_paths([Output("--out", a.out, "bundle")],
+        check_paths([Output("--out", a.out, "bundle"), Output("--report", a.report, "report")],
                     [Input("--checkpoint", checkpoint), Input("--calib", a.calib, untouchable_tree=True),
                      Input("--gate-data", a.gate_data, untouchable_tree=True)])
         result = export_bundle(load_source(checkpoint), options, emit)
+        if a.report:
+            from wbc_edge.export.report import write_export_report
+
+            write_export_report(result.bundle, a.report)
     except AccuracyGateError as e:
         print(f"wbc-export: {e}; no bundle written", file=sys.stderr)
         return 1
@@ -178,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wbc-export: {e}", file=sys.stderr)
         return 2
     precisions = sorted(result.accuracy.get("precisions") or ["fp32"])
-    print(f"wbc-export: wrote {result.bundle} ({', '.join(precisions)})")
+    print(f"wbc-export: wrote {result.bundle} ({', '.join(precisions)})" + (f"; report {a.report}" if a.report else ""))
     return 0
 
 

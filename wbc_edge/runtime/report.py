@@ -22,9 +22,9 @@ from wbc_edge.spec import CLASS_ABBREV
 
 GALLERY_PX = 96  # crops are shown at this size (pixelated enough to see, small enough to scan)
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;max-width:960px}
-h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd} h3{font-size:1em;margin-top:1.2em}
 table{border-collapse:collapse} td,th{padding:.25em .8em;text-align:right;border-bottom:1px solid #eee}
 td:first-child,th:first-child{text-align:left} .note{color:#666;font-size:.9em}
 .facts td{text-align:left} .gallery img{margin:2px;border:1px solid #ccc;image-rendering:pixelated}
@@ -110,7 +110,7 @@ def render_report(summary: RunSummary, gallery: Mapping[str, Sequence[np.ndarray
         imgs = "".join(_img_tag(c, f"{label} {i + 1}") for i, c in enumerate(crops)) or '<span class="note">none seen</span>'
         gallery_html.append(f'<div class="row"><span class="label">{esc(label)}</span><span class="gallery">{imgs}</span></div>')
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">{REPORT_MARKER}<title>{esc(title)}</title><style>{_CSS}</style></head>
+<html lang="en"><head><meta charset="utf-8">{REPORT_MARKER}<title>{esc(title)}</title><style>{CSS}</style></head>
 <body>
 <h1>{esc(title)}</h1>
 <p class="note">{summary.total_cells} cells classified by the four-light MM-MIMO classifier. The estimate is the
