@@ -123,3 +123,45 @@ def test_real_pbc_crops_put_the_nucleus_in_the_fluorescent_light(tmp_path):
         fl = ds.load(i)["fluorescent"][..., 0].astype(float)
         centre, corners = fl[20:44, 20:44].mean(), np.mean([fl[:8, :8], fl[:8, -8:], fl[-8:, :8], fl[-8:, -8:]])
         assert centre > corners + 20, ds.cells[i].cell_id  # the centred cell's nucleus takes haematoxylin
+
+
+def _crops_from_the_simulator(root: Path, scale: float, side: int = 160) -> float:
+    """RGB 'smear crops' cut from the simulated camera's bright-field frames (red cells at a known scale)."""
+    from wbc_edge.synth.frames import SyntheticCamera
+
+    cam = SyntheticCamera(seed=11, scale=scale)
+    n = 0
+    for k in range(3):
+        frame = cam.render_set(k)[0]["color1"]
+        for y in range(0, frame.shape[0] - side + 1, side):
+            for x in range(0, frame.shape[1] - side + 1, side):
+                write_image(root / ("neutrophil" if n % 2 else "lymphocyte") / f"c{n:03d}.png", frame[y:y + side, x:x + side])
+                n += 1
+    return cam.um_per_px
+
+
+def test_the_sources_scale_is_measured_from_their_red_cells_and_reaches_the_model_spec(tmp_path):
+    from wbc_edge.data.derive import read_scale
+    from wbc_edge.train.config import TrainConfig
+    from wbc_edge.train.cv import load_arrays
+    from wbc_edge.train.engine import plan_method
+
+    truth = _crops_from_the_simulator(tmp_path / "src", scale=2.0)
+    write_four_light(tmp_path / "src", tmp_path / "four", size=32)
+    recorded = json.loads((tmp_path / "four" / DERIVATION_FILE).read_text())
+    assert recorded["source_scale"]["um_per_px"] == pytest.approx(truth, rel=0.1)
+    assert recorded["crop_um"] == pytest.approx(160 * recorded["source_scale"]["um_per_px"], rel=1e-3)
+    crop_um, um_per_px = read_scale(tmp_path / "four")
+    arrays = load_arrays(open_dataset(tmp_path / "four"), 32)
+    spec = plan_method(TrainConfig(), "mimo", arrays, np.arange(len(arrays.labels))).spec
+    assert (spec.crop_um, spec.train_um_per_px) == (crop_um, um_per_px)  # the runtime cuts this field of view
+
+    # a scale given by the user is recorded as given; a dataset without one keeps the simulator's defaults
+    assert wbc_data(["four-light", str(tmp_path / "src"), "--out", str(tmp_path / "given"), "--size", "32",
+                     "--um-per-px", "0.25", "-q"]) == 0
+    assert read_scale(tmp_path / "given") == (40.0, 0.25)
+    (tmp_path / "given" / DERIVATION_FILE).write_text(json.dumps({"derivation": "rgb-hed"}))
+    assert read_scale(tmp_path / "given") is None
+    (tmp_path / "given" / DERIVATION_FILE).write_text(json.dumps({"crop_um": -3, "source_scale": {"um_per_px": 0.1}}))
+    with pytest.raises(DataError, match="crop_um"):
+        read_scale(tmp_path / "given")

@@ -95,6 +95,7 @@ OPSET = Number(int, 13, 21)
 PORT = Number(int, 1, 65535)
 NONNEGATIVE = Number(float, 0)
 RBC_UM = Number(float, 3, 20, unit="um")
+UM_PER_PX = Number(float, 0.005, 50, unit="um/px")  # a camera or a crop set: the device profile's range
 FPS = Number(float, 0, 1000, lo_open=True, unit="frames/s")
 FRAME_PX = Number(int, 64, 16384, unit="px")
 MAGNIFICATION = Number(float, 0.1, 10)

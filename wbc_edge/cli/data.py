@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from wbc_edge.cli.args import PIXELS, Parser, run_reporting_errors
+from wbc_edge.cli.args import PIXELS, UM_PER_PX, Parser, run_reporting_errors
 from wbc_edge.outputs import Input, Output, check_paths
 
 
@@ -20,6 +20,9 @@ def get_parser() -> argparse.ArgumentParser:
     four.add_argument("src", help="single-light folder <src>/<class>/<image>, e.g. ../shared/data/pbc_dev")
     four.add_argument("--out", required=True, help="output folder (<out>/<class>/<cell_id>/<light>.png, manifest.csv)")
     four.add_argument("--size", type=PIXELS, default=64, help="output side in pixels (default %(default)s)")
+    four.add_argument("--um-per-px", type=UM_PER_PX, default=None,
+                      help="the source crops' scale in micrometres per pixel (default: measured from their red cells); "
+                           "recorded with the cells' field of view in derivation.json, where training reads it")
     four.add_argument("--skip-bad", action="store_true",
                       help="leave out unreadable images (listed in derivation.json) instead of stopping")
     four.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(source), desc="four-light", unit="cell")
     try:
         manifest = write_four_light(source, args.out, size=args.size, on_error="skip" if args.skip_bad else "raise",
-                                    progress=(lambda done, total: bar.update(1)) if bar else None)
+                                    progress=(lambda done, total: bar.update(1)) if bar else None, um_per_px=args.um_per_px)
     finally:
         if bar is not None:
             bar.close()

@@ -43,6 +43,46 @@ HAEMATOXYLIN_RANGE = (0.0, 0.2)
 # Which light each derived image becomes (the spec's light names, in spec order).
 DERIVED_LIGHTS = {"fluorescent": "haematoxylin", "color1": "red", "color2": "green", "color3": "blue"}
 DERIVATION_FILE = "derivation.json"
+SCALE_SAMPLE = 60  # crops whose red cells measure the source's scale (each gives three bright-field planes)
+
+
+def measure_source_scale(dataset: CellDataset, light: str) -> dict:
+    """The crops' own scale, from the red cells around each white cell (the runtime's ruler,
+    `runtime.optics.estimate_scale`, on the R, G and B planes of up to SCALE_SAMPLE crops spread over
+    the set): {"um_per_px", "spread", "n_cells", "origin"}, or {"um_per_px": None, "why": ...}."""
+    from wbc_edge.runtime.optics import ScaleError, estimate_scale
+
+    step = max(1, len(dataset.cells) // SCALE_SAMPLE)
+    planes = []
+    for i in range(0, len(dataset.cells), step):
+        try:
+            rgb = dataset.load(i)[light]
+        except DataError:
+            continue
+        planes += [np.repeat(rgb[..., c : c + 1], 3, axis=2) for c in range(3)]
+    try:
+        est = estimate_scale(planes)
+    except ScaleError as e:
+        return {"um_per_px": None, "why": str(e)}
+    return {"um_per_px": round(float(est.um_per_px), 5), "spread": est.spread, "n_cells": est.n_cells,
+            "origin": f"red cells of {len(planes) // 3} source crops ({est.describe()})"}
+
+
+def read_scale(root: str | os.PathLike) -> tuple[float, float] | None:
+    """(crop_um, source um_per_px) a derived dataset's derivation.json records, or None (unknown)."""
+    path = Path(root) / DERIVATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        crop_um, um_per_px = d.get("crop_um"), (d.get("source_scale") or {}).get("um_per_px")
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
+    if crop_um is None or um_per_px is None:
+        return None
+    if not (isinstance(crop_um, (int, float)) and 1.0 <= crop_um <= 1000.0 and isinstance(um_per_px, (int, float)) and um_per_px > 0):
+        raise DataError(f"{path} field 'crop_um': {crop_um!r} um over a {um_per_px!r} um/px source is not a physical scale")
+    return float(crop_um), float(um_per_px)
 
 
 def _rgb2hed():
@@ -90,12 +130,15 @@ def write_four_light(
     size: int = 64,
     on_error: str = "raise",
     progress: Callable[[int, int], None] | None = None,
+    um_per_px: float | None = None,
 ) -> Path:
     """Derive a four-light folder + manifest.csv from a single-light dataset; returns the manifest path.
 
     `source` is a single-light folder `<root>/<class>/<image>` (or an opened one-light dataset).
     Under on_error="raise" an unreadable image raises DataError naming the file; under "skip" it is
-    left out and listed (with the reason) in `derivation.json`.
+    left out and listed (with the reason) in `derivation.json`. The sources' scale (`um_per_px`, else
+    measured from their red cells) and the cells' field of view (`crop_um`) go to `derivation.json`,
+    where training reads them into the model spec.
     """
     if not 8 <= int(size) <= 4096:
         raise DataError(f"size: {size} is not in 8..4096 pixels")
@@ -108,6 +151,11 @@ def write_four_light(
     if out.resolve() == Path(dataset.root).resolve() or Path(dataset.root).resolve() in out.resolve().parents:
         raise DataError(f"{show_path(out)}: output folder must not be the source folder or inside it")
     _rgb2hed()  # fail before writing anything when scikit-image is missing
+    scale = {"um_per_px": float(um_per_px), "origin": "given (--um-per-px)"} if um_per_px else measure_source_scale(dataset, light_in)
+    if scale["um_per_px"] is None:
+        log.warning("%s: the crops' scale is unknown (%s); models trained on them assume the simulator's field of view",
+                    show_path(dataset.source), scale["why"])
+    sides: list[int] = []
     records: list[CellRecord] = []
     skipped = list(dataset.skipped)
     for i, cell in enumerate(dataset.cells):
@@ -120,6 +168,7 @@ def write_four_light(
             log.warning("skipping %s", e)
             continue
         paths = {}
+        sides.append(min(rgb.shape[:2]))
         for light, image in derive_lights(rgb, size).items():
             path = out / cell.label / cell.cell_id / f"{light}.png"
             write_image(path, image)
@@ -134,7 +183,9 @@ def write_four_light(
     atomic_write_text(out / DERIVATION_FILE, json.dumps({
         "derivation": DERIVATION, "source": str(dataset.source), "size": int(size),
         "lights": DERIVED_LIGHTS, "haematoxylin_range": list(HAEMATOXYLIN_RANGE),
-        "crop": "centre square, then area resize", "cells": len(records),
+        "crop": "centre square, then area resize", "cells": len(records), "source_scale": scale,
+        # the field of view of a derived cell: the median centre square of the sources at their scale
+        "crop_um": None if scale["um_per_px"] is None else round(float(np.median(sides)) * scale["um_per_px"], 3),
         "skipped": [{"item": item, "reason": reason} for item, reason in skipped],
     }, indent=2, sort_keys=True) + "\n")
     return write_manifest(out / MANIFEST_NAME, records, MODALITIES)

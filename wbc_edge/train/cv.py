@@ -65,10 +65,15 @@ def load_arrays(dataset: Any, img_size: int) -> CellArrays:
         log.warning("%d light image(s) are under a quarter of the %d px input size and upsampled more than 4x "
                     "(e.g. %s): train at a smaller --img-size or use larger crops", len(small), img_size, small[0])
     groups = list(dataset.groups) if getattr(dataset, "groups", None) is not None else None
+    from wbc_edge.data.derive import read_scale
+
+    scale = read_scale(dataset.root) if getattr(dataset, "root", None) is not None else None
+    if scale is not None:
+        log.info("cells span %.1f um (source %.4f um/px, derivation.json): the model spec records it", *scale)
     return CellArrays(x=x, labels=np.asarray(dataset.labels, dtype=np.int64),
                       cell_ids=[c.cell_id for c in dataset.cells], classes=tuple(dataset.classes),
                       modalities=modalities, groups=groups, fingerprint=str(dataset.fingerprint()),
-                      source=str(getattr(dataset, "source", getattr(dataset, "root", ""))))
+                      source=str(getattr(dataset, "source", getattr(dataset, "root", ""))), scale=scale)
 
 
 def make_folds(labels: np.ndarray, groups: Sequence[str] | None, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -54,6 +54,7 @@ class CellArrays:
     groups: list[str] | None = None
     fingerprint: str = ""
     source: str = ""
+    scale: tuple[float, float] | None = None  # (crop_um, um_per_px) of the cells when the dataset records it
     _stats: dict[bytes, tuple[tuple, tuple]] = field(default_factory=dict, repr=False, compare=False)
 
     def light_statistics(self, lights: Sequence[str], pool: np.ndarray) -> tuple[tuple, tuple]:
@@ -123,8 +124,9 @@ def plan_method(cfg: TrainConfig, method_name: str, arrays: CellArrays, train_id
     lights = (light,) if light else arrays.modalities
     x = arrays.select_lights(lights)
     mean, std = arrays.light_statistics(lights, train_idx)
+    physical = {} if arrays.scale is None else {"crop_um": arrays.scale[0], "train_um_per_px": arrays.scale[1]}
     spec = spec_for(spec_method, tuple(lights), classes=tuple(arrays.classes), backbone=cfg.backbone,
-                    input_size=int(x.shape[-1]), mean=mean, std=std, provenance=dict(provenance or {}))
+                    input_size=int(x.shape[-1]), mean=mean, std=std, provenance=dict(provenance or {}), **physical)
     if spec_method == "mimo":
         return MethodPlan(method_name, spec, x, len(lights), head_labels_per_slot=True, rho=cfg.rho,
                           batch_repetition=cfg.batch_repetition, light_dropout=cfg.light_dropout,
