@@ -68,3 +68,15 @@ def test_older_bundle_runs_with_argmax_counts_only_and_says_so(tmp_path, rt_bund
 def test_unknown_estimator_is_refused(rt_bundle, rt_analyzer_kw):
     with pytest.raises(SpecError, match="estimator 'mode'"):
         Analyzer(rt_bundle[0], estimator="mode", **rt_analyzer_kw)
+
+
+def test_a_run_that_finds_no_white_cell_says_so_in_one_line(tmp_path, rt_bundle, rt_spec, rt_fakes, rt_analyzer_kw, caplog):
+    caplog.set_level("WARNING")
+    with Analyzer(rt_bundle[0], precision="fp32", **rt_analyzer_kw) as an:
+        empty = an.analyze(rt_fakes.Source(rt_fakes.make_fields(6, rt_spec, cells_per_field=0)), sink=tmp_path / "e.jsonl")
+    warned = [r.getMessage() for r in caplog.records if "no white cell found" in r.getMessage()]
+    assert empty.total_cells == 0 and len(warned) == 1 and "\n" not in warned[0] and "in 6 analysed sets" in warned[0]
+    caplog.clear()
+    with Analyzer(rt_bundle[0], precision="fp32", **rt_analyzer_kw) as an:
+        an.analyze(rt_fakes.Source(rt_fakes.make_fields(6, rt_spec, cells_per_field=2)))
+    assert not any("no white cell found" in r.getMessage() for r in caplog.records)

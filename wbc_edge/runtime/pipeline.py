@@ -32,6 +32,7 @@ from wbc_edge.runtime.stats import RunStats
 from wbc_edge.spec import LOCATOR_LIGHT, MODALITIES
 
 log = logging.getLogger(__name__)
+NO_CELLS_WARN_SETS = 5  # this many analysed sets without a single white cell is worth a warning
 
 MISSING_LIGHT_POLICIES = ("skip", "heads")
 _END = object()  # end-of-stream marker passed down the queues
@@ -538,6 +539,10 @@ class Analyzer:
         if state.error is not None:
             raise state.error
         summary = self._summary(source, source_name, state, writer)
+        analysed = summary.sets - summary.sets_skipped
+        if analysed >= NO_CELLS_WARN_SETS and summary.total_cells == 0:
+            log.warning("%s: no white cell found in %d analysed sets at %.4g um/px (%s); check the focus, the fluorescence "
+                        "exposure and the scale", source_name, analysed, self.um_per_px, self.scale_origin)
         summary.sample, summary.instrument = self._identity["sample"], self._identity["instrument"]
         summary.started = self._started
         return summary
