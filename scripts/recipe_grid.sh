@@ -5,7 +5,7 @@
 # Two trainings side by side, one thread each, under nice. Prints a markdown table at the end.
 #
 # Usage: scripts/recipe_grid.sh [WORK_DIR] [STAGE...]   (default WORK_DIR scripts/work-recipe; stages:
-#   aug lr mimo size synth; default all)
+#   aug lr mimo size synth length; default all)
 # Cost on the 2-core machine shared with three other engineers (2 December 2026; wall times per run
 # in docs/training.md): aug ~4 min, lr ~4 min, mimo ~45 min (the four teachers and the KD student
 # ~8 min, then each MM-MIMO variant 3-12 min depending on load), size ~15 min, synth ~45 min
@@ -14,7 +14,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 WORK="${1:-$HERE/work-recipe}"; shift || true
-STAGES="${*:-aug lr mimo size synth}"
+STAGES="${*:-aug lr mimo size synth length}"
 BIN="$ROOT/.venv/bin"
 PBC="${PBC_DEV:-$ROOT/../shared/data/pbc_dev}"
 mkdir -p "$WORK/runs"
@@ -57,6 +57,14 @@ for stage in $STAGES; do case $stage in
     one syn-early-paper "$S" early 16 "${PAPER[@]}" & one syn-early-fr "$S" early 16 "${GEOM[@]}"; wait
     one syn-mimokd-fr "$S" mimo-kd 16 "${GEOM[@]}"
     one syn-mimokd-fr-alpha1 "$S" mimo-kd 16 "${GEOM[@]}" --teachers "$WORK/runs/syn-mimokd-fr" --kd-alpha 1 ;;
+  length)  # the second round: training length and the missing light (needs the mimo stage's teachers)
+    T=(--teachers "$WORK/runs/pbc-mimokd-fr")
+    one pbc-mimokd-fr-kdfused "$D" mimo-kd 12 "${GEOM[@]}" "${T[@]}" --kd-fused --light-dropout 0.1 &
+    one pbc-mimokd-fr-kdfused-p0.25 "$D" mimo-kd 12 "${GEOM[@]}" "${T[@]}" --kd-fused --light-dropout 0.25; wait
+    one pbc-mimokd-fr-24ep-p0.25 "$D" mimo-kd 24 "${GEOM[@]}" "${T[@]}" --light-dropout 0.25 &
+    one pbc-mimokd-fr-24ep-p0.25-kdfused "$D" mimo-kd 24 "${GEOM[@]}" "${T[@]}" --light-dropout 0.25 --kd-fused; wait
+    one pbc-mimokd-fr-24ep-p0.35 "$D" mimo-kd 24 "${GEOM[@]}" "${T[@]}" --light-dropout 0.35 &
+    one pbc-mimokd-fr-24ep "$D" mimo-kd 24 "${GEOM[@]}" "${T[@]}" --light-dropout 0.1; wait ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac; done
 "$BIN/python" "$HERE/recipe_summary.py" "$WORK/runs"
