@@ -147,7 +147,7 @@ def test_the_sources_scale_is_measured_from_their_red_cells_and_reaches_the_mode
     from wbc_edge.train.engine import plan_method
 
     truth = _crops_from_the_simulator(tmp_path / "src", scale=2.0)
-    write_four_light(tmp_path / "src", tmp_path / "four", size=32)
+    assert wbc_data(["four-light", str(tmp_path / "src"), "--out", str(tmp_path / "four"), "--size", "32", "-q"]) == 0
     recorded = json.loads((tmp_path / "four" / DERIVATION_FILE).read_text())
     assert recorded["source_scale"]["um_per_px"] == pytest.approx(truth, rel=0.1)
     assert recorded["crop_um"] == pytest.approx(160 * recorded["source_scale"]["um_per_px"], rel=1e-3)
@@ -165,3 +165,6 @@ def test_the_sources_scale_is_measured_from_their_red_cells_and_reaches_the_mode
     (tmp_path / "given" / DERIVATION_FILE).write_text(json.dumps({"crop_um": -3, "source_scale": {"um_per_px": 0.1}}))
     with pytest.raises(DataError, match="crop_um"):
         read_scale(tmp_path / "given")
+    # the library call without a scale records none (and says so), so training keeps the defaults
+    write_four_light(tmp_path / "src", tmp_path / "unknown", size=32)
+    assert read_scale(tmp_path / "unknown") is None

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import cv2
 import numpy as np
@@ -43,29 +43,19 @@ HAEMATOXYLIN_RANGE = (0.0, 0.2)
 # Which light each derived image becomes (the spec's light names, in spec order).
 DERIVED_LIGHTS = {"fluorescent": "haematoxylin", "color1": "red", "color2": "green", "color3": "blue"}
 DERIVATION_FILE = "derivation.json"
-SCALE_SAMPLE = 60  # crops whose red cells measure the source's scale (each gives three bright-field planes)
+SCALE_SAMPLE = 60  # crops whose red cells measure the sources' scale (each gives three bright-field planes)
 
 
-def measure_source_scale(dataset: CellDataset, light: str) -> dict:
-    """The crops' own scale, from the red cells around each white cell (the runtime's ruler,
-    `runtime.optics.estimate_scale`, on the R, G and B planes of up to SCALE_SAMPLE crops spread over
-    the set): {"um_per_px", "spread", "n_cells", "origin"}, or {"um_per_px": None, "why": ...}."""
-    from wbc_edge.runtime.optics import ScaleError, estimate_scale
-
-    step = max(1, len(dataset.cells) // SCALE_SAMPLE)
-    planes = []
+def scale_sample(dataset: CellDataset, light: str, n: int = SCALE_SAMPLE):
+    """The R, G and B planes (each as a grey RGB image) of up to `n` crops spread over the set: what
+    the red-cell ruler (`runtime.optics.estimate_scale`) measures the sources' scale on."""
+    step = max(1, len(dataset.cells) // n)
     for i in range(0, len(dataset.cells), step):
         try:
             rgb = dataset.load(i)[light]
         except DataError:
             continue
-        planes += [np.repeat(rgb[..., c : c + 1], 3, axis=2) for c in range(3)]
-    try:
-        est = estimate_scale(planes)
-    except ScaleError as e:
-        return {"um_per_px": None, "why": str(e)}
-    return {"um_per_px": round(float(est.um_per_px), 5), "spread": est.spread, "n_cells": est.n_cells,
-            "origin": f"red cells of {len(planes) // 3} source crops ({est.describe()})"}
+        yield from (np.repeat(rgb[..., c : c + 1], 3, axis=2) for c in range(3))
 
 
 def read_scale(root: str | os.PathLike) -> tuple[float, float] | None:
@@ -130,15 +120,15 @@ def write_four_light(
     size: int = 64,
     on_error: str = "raise",
     progress: Callable[[int, int], None] | None = None,
-    um_per_px: float | None = None,
+    scale: Mapping[str, Any] | None = None,
 ) -> Path:
     """Derive a four-light folder + manifest.csv from a single-light dataset; returns the manifest path.
 
     `source` is a single-light folder `<root>/<class>/<image>` (or an opened one-light dataset).
     Under on_error="raise" an unreadable image raises DataError naming the file; under "skip" it is
-    left out and listed (with the reason) in `derivation.json`. The sources' scale (`um_per_px`, else
-    measured from their red cells) and the cells' field of view (`crop_um`) go to `derivation.json`,
-    where training reads them into the model spec.
+    left out and listed (with the reason) in `derivation.json`. `scale` ({"um_per_px", "origin", ...}:
+    given, or measured on `scale_sample` by the red-cell ruler, as `wbc-data four-light` does) and the
+    cells' field of view (`crop_um`) go to `derivation.json`, where training reads them into the spec.
     """
     if not 8 <= int(size) <= 4096:
         raise DataError(f"size: {size} is not in 8..4096 pixels")
@@ -151,10 +141,10 @@ def write_four_light(
     if out.resolve() == Path(dataset.root).resolve() or Path(dataset.root).resolve() in out.resolve().parents:
         raise DataError(f"{show_path(out)}: output folder must not be the source folder or inside it")
     _rgb2hed()  # fail before writing anything when scikit-image is missing
-    scale = {"um_per_px": float(um_per_px), "origin": "given (--um-per-px)"} if um_per_px else measure_source_scale(dataset, light_in)
-    if scale["um_per_px"] is None:
+    scale = dict(scale or {"um_per_px": None, "why": "not measured"})
+    if scale.get("um_per_px") is None:
         log.warning("%s: the crops' scale is unknown (%s); models trained on them assume the simulator's field of view",
-                    show_path(dataset.source), scale["why"])
+                    show_path(dataset.source), scale.get("why", "not given"))
     sides: list[int] = []
     records: list[CellRecord] = []
     skipped = list(dataset.skipped)

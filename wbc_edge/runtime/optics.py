@@ -261,6 +261,17 @@ def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: Sequence[fl
     return [float(v[min(np.searchsorted(c, q * c[-1]), v.size - 1)]) for q in qs]
 
 
+def scale_record(frames: Iterable[np.ndarray], where: str = "frames") -> dict[str, Any]:
+    """`estimate_scale` as a JSON-safe record ({"um_per_px", "spread", "n_cells", "origin"}), or
+    {"um_per_px": None, "why": the one-line reason} when the frames do not support one."""
+    try:
+        est = estimate_scale(frames, where=where)
+    except ScaleError as e:
+        return {"um_per_px": None, "why": str(e)}
+    return {"um_per_px": round(float(est.um_per_px), 5), "spread": round(float(est.spread), 4), "n_cells": int(est.n_cells),
+            "origin": f"red cells of {where} ({est.describe()})"}
+
+
 def estimate_scale(frames: Iterable[np.ndarray], rbc_diameter_um: float = RBC_DIAMETER_UM, where: str = "frames") -> ScaleEstimate:
     """The camera's micrometres per pixel from bright-field frames (red cells as the ruler).
 
