@@ -94,4 +94,5 @@ def test_real_frames_scale_and_locator_hold_loosely(tmp_path):
     for s in sets:
         sc = detection_scores(locate_cells(frame(s["frames"][0]), um_per_px=est.um_per_px), [c["box"] for c in s["cells"]])
         tp, fp, fn = tp + sc["tp"], fp + sc["fp"], fn + sc["fn"]
-    assert tp / (tp + fn) >= 0.5 and tp / max(tp + fp, 1) >= 0.4
+    # measured 11 of 12 labels found, 4 other finds (3 are white cells the labels lack: L-10_0233)
+    assert tp / (tp + fn) >= 0.75 and tp / max(tp + fp, 1) >= 0.6
