@@ -142,7 +142,7 @@ def locate_cells(
     nucleus_px: int | None = None,
     context_px: int | None = None,
     peak_fraction: float = 0.4,
-    min_local_contrast: float = 2.2,
+    min_local_contrast: float = 2.0,
 ) -> list[CellBox]:
     """White cells in a fluorescence frame (RGB uint8 HxWx3, or a single-channel image).
 
@@ -163,8 +163,9 @@ def locate_cells(
     min_contrast: floor under the Otsu threshold (0..255 above background).
     min_intensity: a cell's mean nuclear brightness above background must reach this.
     min_local_contrast: ... and this many times the glow around it (95th percentile within `context_px`
-        of its box, other nuclei left out): a nucleus stands out from its surroundings, a knot in a
-        network of red-cell rims or stain debris does not. A ratio, so it holds at any exposure (0: off).
+        of its box, every candidate cell's nucleus left out, so a touching neighbour is not glow): a
+        nucleus stands out from its surroundings, a knot in a network of red-cell rims or stain debris
+        does not. A ratio, so it holds at any exposure (0: off).
     """
     if not isinstance(fluorescent, np.ndarray) or fluorescent.ndim not in (2, 3) or fluorescent.size == 0:
         raise DataError(f"locate_cells: expected an HxW or HxWx3 image, got {getattr(fluorescent, 'shape', type(fluorescent))}")
@@ -231,7 +232,7 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
     order = np.argsort(cell_of_pixel, kind="stable")
     cell_sorted = cell_of_pixel[order]
     bounds = np.searchsorted(cell_sorted, np.arange(1, n_cells + 1))
-    boxes: list[CellBox] = []
+    candidates: list[tuple[CellBox, np.ndarray]] = []  # (box, its nuclear pixels)
     for cell in range(1, n_cells):
         sel = order[bounds[cell - 1] : bounds[cell]]
         if peak_fraction > 0 and sel.size:  # the nucleus is what glows near its own peak; dimmer neighbours are not it
@@ -246,10 +247,12 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
             box = _measure_cell(part, xs, ys, values, lobe_labels, body, w, h, min_area=min_area, max_area=max_area,
                                 min_body_area=min_body_area, min_intensity=min_intensity, border_margin=border_margin,
                                 cell_margin=cell_margin, max_cell_margin=max_cell_margin)
-            if box is not None and (min_local_contrast <= 0
-                                    or box.intensity >= min_local_contrast * _surrounding_glow(signal, xs[sel], ys[sel], box,
-                                                                                                 context_px)):
-                boxes.append(dataclasses.replace(box, whole_nuclei=whole))
+            if box is not None:
+                candidates.append((dataclasses.replace(box, whole_nuclei=whole), part))
+    boxes = [box for box, _ in candidates]
+    if min_local_contrast > 0 and candidates:
+        boxes = [box for box, part in candidates
+                 if box.intensity >= min_local_contrast * _surrounding_glow(signal, candidates, box, xs, ys, context_px)]
     # a small fragment centred inside a bigger cell's box is a lobe that strayed past merge_distance
     boxes = [b for b in boxes if b.area >= min_area or not any(
         o is not b and o.area > b.area and o.x0 <= b.cx < o.x1 and o.y0 <= b.cy < o.y1 for o in boxes)]
@@ -257,16 +260,24 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
     return boxes
 
 
-def _surrounding_glow(signal: np.ndarray, own_x: np.ndarray, own_y: np.ndarray, box: CellBox, ring_px: int) -> float:
-    """The 95th percentile of the signal in a ring `ring_px` wide around the box, leaving out the nuclear
-    pixels of its own component (own_x, own_y: its lobes, and those of a touching cell split from it);
-    at least 1 (a dark field)."""
+def _surrounding_glow(signal: np.ndarray, candidates: Sequence[tuple[CellBox, np.ndarray]], box: CellBox,
+                      xs: np.ndarray, ys: np.ndarray, ring_px: int) -> float:
+    """The 95th percentile of the signal in a ring `ring_px` wide around the cell's box; at least 1 (a
+    dark field). Left out of the ring: the nuclei of the other candidate cells beside it (a touching
+    neighbour is not glow), but not a candidate whose nuclear pixels surround this cell's centre (stain
+    debris or a rim network around a knot is exactly the glow to outshine)."""
     h, w = signal.shape
     x0, y0, x1, y1 = max(box.x0 - ring_px, 0), max(box.y0 - ring_px, 0), min(box.x1 + ring_px, w), min(box.y1 + ring_px, h)
     ring = np.ones((y1 - y0, x1 - x0), bool)
-    inside = (own_x >= x0) & (own_x < x1) & (own_y >= y0) & (own_y < y1)
-    ring[own_y[inside] - y0, own_x[inside] - x0] = False
-    ring[max(box.y0, 0) - y0 : box.y1 - y0, max(box.x0, 0) - x0 : box.x1 - x0] = False
+    for other, part in candidates:
+        if other.x1 <= x0 or other.x0 >= x1 or other.y1 <= y0 or other.y0 >= y1:
+            continue  # nowhere near the ring
+        px, py = xs[part], ys[part]
+        if other is not box and px.min() <= box.cx <= px.max() and py.min() <= box.cy <= py.max():
+            continue  # it surrounds this cell: its glow counts
+        inside = (px >= x0) & (px < x1) & (py >= y0) & (py < y1)
+        ring[py[inside] - y0, px[inside] - x0] = False
+    ring[box.y0 - y0 : box.y1 - y0, box.x0 - x0 : box.x1 - x0] = False
     values = signal[y0:y1, x0:x1][ring]
     return max(float(np.percentile(values, 95)), 1.0) if values.size else 1.0
 
