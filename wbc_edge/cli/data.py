@@ -40,14 +40,15 @@ def run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=len(source), desc="four-light", unit="cell")
-    if args.um_per_px:
-        scale = {"um_per_px": args.um_per_px, "origin": "given (--um-per-px)"}
-    else:  # the sources' own red cells, the runtime's ruler
-        from wbc_edge.data.derive import scale_sample
-        from wbc_edge.runtime.optics import scale_record
-
-        scale = scale_record(scale_sample(source, source.modalities[0]), where=f"{args.src} (sample of crops)")
     try:
+        if args.um_per_px:
+            scale = {"um_per_px": args.um_per_px, "origin": "given (--um-per-px)"}
+        else:  # the sources' own red cells, the runtime's ruler
+            from wbc_edge.data.derive import CROP_MIN_RED_CELLS, scale_sample
+            from wbc_edge.runtime.optics import scale_record
+
+            scale = scale_record(scale_sample(source, source.modalities[0]), where=f"{args.src} (sample of crops)",
+                                 min_frame_cells=CROP_MIN_RED_CELLS)
         manifest = write_four_light(source, args.out, size=args.size, on_error="skip" if args.skip_bad else "raise",
                                     progress=(lambda done, total: bar.update(1)) if bar else None, scale=scale)
     finally:

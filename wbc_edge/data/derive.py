@@ -43,19 +43,19 @@ HAEMATOXYLIN_RANGE = (0.0, 0.2)
 # Which light each derived image becomes (the spec's light names, in spec order).
 DERIVED_LIGHTS = {"fluorescent": "haematoxylin", "color1": "red", "color2": "green", "color3": "blue"}
 DERIVATION_FILE = "derivation.json"
-SCALE_SAMPLE = 60  # crops whose red cells measure the sources' scale (each gives three bright-field planes)
+SCALE_SAMPLE = 120  # crops whose red cells measure the sources' scale
+CROP_MIN_RED_CELLS = 2  # a crop around one white cell holds a few lone red cells: pooled over crops
 
 
 def scale_sample(dataset: CellDataset, light: str, n: int = SCALE_SAMPLE):
-    """The R, G and B planes (each as a grey RGB image) of up to `n` crops spread over the set: what
-    the red-cell ruler (`runtime.optics.estimate_scale`) measures the sources' scale on."""
+    """Up to `n` RGB crops spread over the set: what the red-cell ruler (`runtime.optics.estimate_scale`,
+    which measures each in the channel where its red cells stand out best) reads the sources' scale on."""
     step = max(1, len(dataset.cells) // n)
     for i in range(0, len(dataset.cells), step):
         try:
-            rgb = dataset.load(i)[light]
+            yield dataset.load(i)[light]
         except DataError:
             continue
-        yield from (np.repeat(rgb[..., c : c + 1], 3, axis=2) for c in range(3))
 
 
 def read_scale(root: str | os.PathLike) -> tuple[float, float] | None:

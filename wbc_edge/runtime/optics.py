@@ -261,19 +261,23 @@ def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: Sequence[fl
     return [float(v[min(np.searchsorted(c, q * c[-1]), v.size - 1)]) for q in qs]
 
 
-def scale_record(frames: Iterable[np.ndarray], where: str = "frames") -> dict[str, Any]:
+def scale_record(frames: Iterable[np.ndarray], where: str = "frames", min_frame_cells: int = MIN_FRAME_CELLS) -> dict[str, Any]:
     """`estimate_scale` as a JSON-safe record ({"um_per_px", "spread", "n_cells", "origin"}), or
     {"um_per_px": None, "why": the one-line reason} when the frames do not support one."""
     try:
-        est = estimate_scale(frames, where=where)
+        est = estimate_scale(frames, where=where, min_frame_cells=min_frame_cells)
     except ScaleError as e:
         return {"um_per_px": None, "why": str(e)}
     return {"um_per_px": round(float(est.um_per_px), 5), "spread": round(float(est.spread), 4), "n_cells": int(est.n_cells),
             "origin": f"red cells of {where} ({est.describe()})"}
 
 
-def estimate_scale(frames: Iterable[np.ndarray], rbc_diameter_um: float = RBC_DIAMETER_UM, where: str = "frames") -> ScaleEstimate:
+def estimate_scale(frames: Iterable[np.ndarray], rbc_diameter_um: float = RBC_DIAMETER_UM, where: str = "frames",
+                   min_frame_cells: int = MIN_FRAME_CELLS) -> ScaleEstimate:
     """The camera's micrometres per pixel from bright-field frames (red cells as the ruler).
+
+    min_frame_cells: a frame with fewer lone red cells is skipped (a camera frame holds hundreds; a
+    single-cell crop holds a few, and crops are pooled with a lower minimum).
 
     Raises ScaleError with one line when the frames do not support an estimate: too few red cells
     (a blank or fluorescence frame, an empty slide), or sizes too spread to be one kind of cell (out
@@ -285,7 +289,7 @@ def estimate_scale(frames: Iterable[np.ndarray], rbc_diameter_um: float = RBC_DI
         n_frames += 1
         d, a = red_cell_diameters(np.asarray(img))
         n_seen += d.size
-        if d.size < MIN_FRAME_CELLS:
+        if d.size < max(1, min_frame_cells):
             continue
         med, spread, share = dominant_size(d, a)
         if spread > MAX_RELATIVE_SPREAD or share < MIN_SHARE:
