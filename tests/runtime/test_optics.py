@@ -243,3 +243,11 @@ def test_cli_synth_frames_scale_then_calib_optics_and_a_refusal(tmp_path, capsys
     assert calib_main(["optics", "--source", str(blank), "--out", str(tmp_path / "q.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no clear red cells" in err and not (tmp_path / "q.json").exists()
+
+
+def test_a_clump_is_not_split_into_cells():
+    img = np.full((120, 160, 3), 8, np.uint8)
+    for cx in (66, 92):  # two round nuclei of 450 px each, touching: a clump when their sum is over max_area
+        cv2.circle(img, (cx, 60), 12, (60, 200, 60), -1)
+    assert len(locate_cells(img, open_px=0, max_area=2000)) == 2  # cells: split at their whole nuclei
+    assert locate_cells(img, open_px=0, max_area=800) == []  # a clump: rejected whole, not cut into two "cells"

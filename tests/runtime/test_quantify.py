@@ -211,6 +211,11 @@ def test_measure_quantification_fits_the_pooled_rows_and_records_the_pooling():
     confusion = np.zeros((K, K), int)
     np.add.at(confusion, (labels, cal.argmax(1)), 1)
     assert confusion.tolist() == member["precisions"]["fp32"]["confusion"]
-    legacy = dict(member)
-    del legacy["pooling"]  # a bundle quantified before pooling was recorded: fitted on the graph's mean
+    legacy = {**member, "schema": 1}  # a bundle quantified before pooling was recorded: fitted on the graph's mean
+    del legacy["pooling"]
     assert params_from_member(legacy, "fp32").pooling == "mean"
+    assert params_from_member({**legacy, "pooling": "log-mean"}, "fp32").pooling == "mean"  # schema 1 has no pooling
+    with pytest.raises(QuantificationError, match="schema 3"):
+        params_from_member({**member, "schema": 3}, "fp32")
+    # what BCTS minimises on these rows cannot get worse: the NLL after is at most the NLL before
+    assert member["fit"]["nll_after"] <= member["fit"]["nll_before"] + 1e-9

@@ -62,3 +62,23 @@ def test_kd_vanishes_when_student_matches_teacher():
     loss, parts = total_loss(logits, labels, teacher_logits=logits.clone(), temperature=3.0)
     assert abs(parts["kd"]) < 1e-5
     assert abs(float(loss) - parts["ce"]) < 1e-5
+
+
+def test_fused_rows_distil_every_present_head_from_the_present_teachers_average():
+    from wbc_edge.train.losses import fused_targets, teacher_probs
+
+    teacher = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]],
+                            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # [B=2, H=3, K=3]
+    target = teacher_probs(teacher, 1.0, 3)
+    present = torch.tensor([[True, True, False], [True, True, True]])
+    rows = torch.tensor([True, False])  # row 0 holds one cell in every slot, row 1 three different cells
+    fused = fused_targets(target, present, rows)
+    expected = (target[0, 0] + target[0, 1]) / 2  # the dropped head's teacher (it saw a blank) is left out
+    for h in range(3):
+        assert torch.allclose(fused[0, h], expected)
+    assert torch.equal(fused[1], target[1])  # other rows keep each head's own teacher
+    student = torch.zeros(2, 3, 3)
+    labels = torch.zeros(2, 3, dtype=torch.long)
+    plain, _ = total_loss(student, labels, present, teacher_logits=teacher, temperature=1.0, alpha=1.0)
+    with_fused, _ = total_loss(student, labels, present, teacher_logits=teacher, temperature=1.0, alpha=1.0, fused_rows=rows)
+    assert not torch.isclose(plain, with_fused)  # the option reaches the loss

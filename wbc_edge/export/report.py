@@ -44,7 +44,7 @@ def reliability_svg(bins: Sequence[Mapping[str, Any]], title: str, size: int = 2
                      f'height="{plot * float(b["accuracy"]):.1f}" fill="#2a9d8f" fill-opacity="0.8">'
                      f'<title>confidence {b["low"]:.2f}-{b["high"]:.2f}: {b["n"]} cells, accuracy {100 * b["accuracy"]:.1f}%, '
                      f'mean confidence {100 * b["confidence"]:.1f}%</title></rect>'
-                     f'<circle cx="{x(b["confidence"]):.1f}" cy="{y(b["confidence"]):.1f}" r="2" fill="#e76f51"/>')
+                     f'<circle cx="{x(b["confidence"]):.1f}" cy="{y(b["accuracy"]):.1f}" r="2.5" fill="#e76f51"/>')
     parts.append(f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" stroke="#222" stroke-dasharray="4 3"/>'
                  f'<text x="{size / 2}" y="{size - 4}" font-size="10" text-anchor="middle" fill="#666">top-class probability</text>'
                  '</g></svg>')
@@ -72,32 +72,44 @@ def _gate_section(report: Mapping[str, Any], classes: Sequence[str]) -> str:
             + _table(["precision", "weighted F1 %", "drop", "agree with fp32 %", *(f"{a} recall %" for a in abbrev), "gate"], rows))
 
 
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "not recorded"
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "not recorded"
+
+
 def _calibration_section(quant: Mapping[str, Any]) -> str:
-    fit, temps = quant["fit"], quant["temperature"]
-    classes = list(quant["classes"])
+    fit, temps = quant.get("fit") or {}, quant.get("temperature") or {}
+    classes = list(quant.get("classes") or [])
     abbrev = [CLASS_ABBREV.get(c, c) for c in classes]
-    pooling = quant.get("pooling", LEGACY_POOLING)
+    pooling = quant.get("pooling", LEGACY_POOLING) if quant.get("schema", 1) >= 2 else LEGACY_POOLING
     bias = ", ".join(f"{a} {v:+.2f}" for a, v in zip(abbrev, temps.get("class_bias") or []))
     heads = ", ".join(f"{h} {t:.2f}" for h, t in (temps.get("heads") or {}).items())
-    facts = [("fitted on", f"{fit['n_cells']} held-out cells ({', '.join(f'{a} {n}' for a, n in zip(abbrev, fit['class_counts']))})"
+    counts = ", ".join(f"{a} {n}" for a, n in zip(abbrev, fit.get("class_counts") or []))
+    facts = [("fitted on", f"{fit.get('n_cells', '?')} held-out cells ({counts or 'class counts not recorded'})"
               + (f" of {fit['data']}" if fit.get("data") else "")),
              ("a cell's row", _POOLING_TEXT.get(pooling, pooling)),
-             ("temperature", f"{temps['combined']:.3f} (heads: {heads})"), ("class bias b", bias or "none"),
-             ("training prior", ", ".join(f"{a} {100 * v:.1f}%" for a, v in zip(abbrev, quant["train_prior"]))),
-             ("ECE (fp32)", f"{100 * fit['ece_before']:.2f}% before, {100 * fit['ece_after']:.2f}% after"),
-             ("NLL (fp32)", f"{fit['nll_before']:.4f} before, {fit['nll_after']:.4f} after")]
+             ("temperature", f"{temps.get('combined', 1.0):.3f} (heads: {heads or 'none'})"), ("class bias b", bias or "none"),
+             ("training prior", ", ".join(f"{a} {100 * v:.1f}%" for a, v in zip(abbrev, quant.get("train_prior") or []))),
+             ("ECE (fp32)", f"{_pct(fit.get('ece_before'))} before, {_pct(fit.get('ece_after'))} after "
+                            f"(the graph's combined output: {_pct(fit.get('ece_graph'))})"),
+             ("NLL (fp32)", f"{_num(fit.get('nll_before'))} before, {_num(fit.get('nll_after'))} after")]
     out = ["<h2>Probability calibration (the differential estimate's input)</h2><table class='facts'>"]
     out += [f"<tr><td class='label'>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in facts]
-    out.append("</table><p class='note'>Bias-corrected temperature scaling, softmax(z / T + b). Before: the graph's "
-               "combined output as it leaves the model; after: the calibrated posteriors EM prior adaptation reads. "
-               "Bars: accuracy per confidence bin; dots: the bin's mean confidence; dashed: perfect calibration.</p>")
-    before = reliability_svg(fit.get("reliability_before", []), f"before: ECE {100 * fit['ece_before']:.1f}%")
-    after = reliability_svg(fit.get("reliability_after", []), f"after: ECE {100 * fit['ece_after']:.1f}%")
+    out.append("</table><p class='note'>Bias-corrected temperature scaling, softmax(z / T + b), of each cell's pooled "
+               "row. Before: the pooled rows as they come from the heads; after: the calibrated posteriors EM prior "
+               "adaptation reads. Bars: accuracy per confidence bin; dots: that accuracy at the bin's mean confidence "
+               "(on the dashed diagonal when calibrated).</p>")
+    before = reliability_svg(fit.get("reliability_before") or [], f"before: ECE {_pct(fit.get('ece_before'))}")
+    after = reliability_svg(fit.get("reliability_after") or [], f"after: ECE {_pct(fit.get('ece_after'))}")
     out.append(f"<div>{before}{after}</div>")
-    rows = [[p, r["n_cells"], f"{100 * r['ece_before']:.2f}", f"{100 * r['ece_after']:.2f}"] for p, r in quant["precisions"].items()]
-    out.append("<h3>Per precision</h3>" + _table(["precision", "held-out cells", "ECE % before", "ECE % after"], rows))
-    for precision, r in quant["precisions"].items():
-        confusion = [[abbrev[i], *row] for i, row in enumerate(r["confusion"])]
+    precisions = quant.get("precisions") or {}
+    rows = [[p, r.get("n_cells", "?"), _pct(r.get("ece_before")), _pct(r.get("ece_after"))] for p, r in precisions.items()]
+    out.append("<h3>Per precision</h3>" + _table(["precision", "held-out cells", "ECE before", "ECE after"], rows))
+    for precision, r in precisions.items():
+        confusion = [[abbrev[i] if i < len(abbrev) else i, *row] for i, row in enumerate(r.get("confusion") or [])]
         out.append(f"<h3>Held-out confusion, {html.escape(precision)} (rows: true class; columns: calibrated argmax)</h3>"
                    + _table(["true \\ called", *abbrev], confusion))
     return "".join(out)

@@ -435,6 +435,7 @@ class Analyzer:
         # recombine from the present heads (head_combine "mean").
         combined = work.head_probs[:, present].mean(axis=1) if work.missing else work.probs
         heads = work.head_probs
+        labels = np.argmax(combined, axis=1)  # the model's own answer: what the accuracy gate measured
         if self.quant is not None:  # the calibrated row the estimate reads, pooled from the present heads
             from wbc_edge.runtime.quantify import apply_temperature
 
@@ -445,7 +446,7 @@ class Analyzer:
         for i, box in enumerate(work.boxes):
             hp = heads[i]
             p = combined[i]
-            k = int(np.argmax(p))
+            k = int(labels[i])
             flags = list(work.flags) + (work.cell_flags[i] if i < len(work.cell_flags) else [])
             if len(present) > 1 and len({int(np.argmax(hp[h])) for h in present}) > 1:
                 flags.append(FLAG_HEADS_DISAGREE)

@@ -30,14 +30,15 @@ Pooling the heads: a cell's probability row is pooled from its heads' softmax ou
 heads only, when a light is missing) before calibration. ``log-mean`` (the default since bundles
 record ``pooling``) is the renormalised geometric mean, ``softmax(mean_h log p_h)``: a product of
 experts, whose temperature-scaled form transferred to new donors far better than the arithmetic
-mean's (benchmarks/RESULTS.md, "Counting": EM 88 -> 92 % of shares within a manual count's error on
+mean's (benchmarks/RESULTS.md, "Counting": EM 88 -> 93 % of shares within a manual count's error on
 the packaged bundle); ``mean`` is the graph's own combined output, what older bundles were fitted on.
 
 Calibration: bias-corrected temperature scaling (BCTS; Alexandari, Kundaje and Shrikumar 2020, who
 show it is what makes EM prior adaptation work) fits ``softmax(z / T + b)`` on held-out cells. Since
 the pooled row is a softmax, ``softmax(z / T) = p ** (1 / T)`` renormalised, which every backend's
-head outputs give exactly (``calibrated_probs``): that is what each per-cell result line holds, and
-the line's class is its argmax. The class bias ``b`` multiplies every posterior by
+head outputs give exactly (``calibrated_probs``): that is what each per-cell result line holds. The
+line's class stays the model's own combined output's argmax, the classifier the accuracy gate
+measured (the geometric and arithmetic means disagree on 0.2-0.5 % of cells). The class bias ``b`` multiplies every posterior by
 ``exp(b)``, which is the same as training at the prior ``prior * exp(-b)``: EM uses that effective
 prior, so the per-cell probabilities keep the model's labels and EM still sees BCTS posteriors.
 Its interval also redraws ``b`` from its Laplace approximation (the inverse Hessian of the held-out
@@ -58,7 +59,8 @@ import numpy as np
 from wbc_edge.errors import WbcError
 
 QUANT_MEMBER = "quantification.json"
-QUANT_SCHEMA = 1
+QUANT_SCHEMA = 2  # 2: rows pooled as "pooling" says; 1 (read as "mean"): before pooling was recorded
+READABLE_SCHEMAS = (1, 2)  # a reader that knows only 1 refuses 2 at load instead of misreading its temperature
 POOLINGS = ("mean", "log-mean")
 DEFAULT_POOLING = "log-mean"  # measured: benchmarks/RESULTS.md, "Counting"
 LEGACY_POOLING = "mean"  # a quantification.json without "pooling" was fitted on the graph's mean
@@ -228,8 +230,9 @@ class QuantParams:
     @classmethod
     def from_header(cls, d: Mapping[str, Any], where: str = "results header") -> "QuantParams":
         try:
-            if int(d.get("schema", 0)) != QUANT_SCHEMA:
-                raise QuantificationError(f"{where}: quantification schema {d.get('schema')!r}, this wbc-edge reads {QUANT_SCHEMA}")
+            schema = int(d.get("schema", 0))
+            if schema not in READABLE_SCHEMAS:
+                raise QuantificationError(f"{where}: quantification schema {d.get('schema')!r}, this wbc-edge reads {list(READABLE_SCHEMAS)}")
             params = cls(classes=[str(c) for c in d["classes"]], train_prior=np.asarray(d["train_prior"], np.float64),
                          confusion=np.asarray(d["confusion"], np.float64), mean_posteriors=np.asarray(d["mean_posteriors"], np.float64),
                          temperature=float(d.get("temperature", 1.0)),
@@ -237,7 +240,7 @@ class QuantParams:
                          class_bias=None if d.get("class_bias") is None else np.asarray(d["class_bias"], np.float64),
                          class_bias_cov=None if d.get("class_bias_cov") is None else np.asarray(d["class_bias_cov"], np.float64),
                          precision=str(d.get("precision", "fp32")), measured_precision=str(d.get("measured_precision", "fp32")),
-                         pooling=str(d.get("pooling", LEGACY_POOLING)))
+                         pooling=str(d.get("pooling", LEGACY_POOLING)) if schema >= 2 else LEGACY_POOLING)
         except (KeyError, TypeError, ValueError) as e:
             raise QuantificationError(f"{where}: quantification parameters unreadable ({e})") from None
         params.check(where)
@@ -270,8 +273,9 @@ class QuantParams:
 
 def params_from_member(member: Mapping[str, Any], precision: str, where: str = QUANT_MEMBER) -> QuantParams:
     """The parameters for `precision` from a parsed quantification.json (fp32's rates if it was not measured)."""
-    if int(member.get("schema", 0)) != QUANT_SCHEMA:
-        raise QuantificationError(f"{where}: schema {member.get('schema')!r}, this wbc-edge reads {QUANT_SCHEMA}")
+    schema = member.get("schema", 0)
+    if schema not in READABLE_SCHEMAS:
+        raise QuantificationError(f"{where}: schema {schema!r}, this wbc-edge reads {list(READABLE_SCHEMAS)}")
     by_precision = member.get("precisions") or {}
     measured = precision if precision in by_precision else "fp32"
     if measured not in by_precision:
@@ -279,7 +283,7 @@ def params_from_member(member: Mapping[str, Any], precision: str, where: str = Q
     rates = by_precision[measured]
     temps = member.get("temperature") or {}
     return QuantParams.from_header({
-        "schema": QUANT_SCHEMA, "classes": member["classes"], "train_prior": member["train_prior"],
+        "schema": schema, "classes": member["classes"], "train_prior": member["train_prior"],
         "confusion": rates["confusion"], "mean_posteriors": rates["mean_posteriors"],
         "temperature": temps.get("combined", 1.0), "head_temperatures": temps.get("heads", {}),
         "class_bias": temps.get("class_bias"), "class_bias_cov": temps.get("class_bias_cov"),
@@ -301,8 +305,9 @@ def measure_quantification(head_probs_by_precision: Mapping[str, np.ndarray], la
                            heads: Sequence[str], train_prior: Sequence[float], data: str = "",
                            pooling: str = DEFAULT_POOLING) -> dict[str, Any]:
     """quantification.json from every precision's head outputs (n, H, K) on labelled held-out cells:
-    BCTS fitted on fp32's pooled rows, a temperature per head, ECE before (the graph's combined output,
-    the heads' mean) and after, and per precision the confusion counts and mean calibrated posteriors.
+    BCTS fitted on fp32's pooled rows, a temperature per head, ECE and NLL of the pooled rows before and
+    after it (and of the graph's combined output, `*_graph`, for reference), and per precision the
+    confusion counts and mean calibrated posteriors.
 
     ECE "after" is of the BCTS posteriors (what EM uses); "after_temperature" of the per-cell lines' probabilities."""
     if pooling not in POOLINGS:
@@ -313,9 +318,9 @@ def measure_quantification(head_probs_by_precision: Mapping[str, np.ndarray], la
     fp32 = pool_heads(head_fp32, pooling)
     t_combined, bias, bias_cov = fit_bias_corrected_temperature(fp32, labels)
     t_heads = {h: fit_temperature(head_fp32[:, i], labels) for i, h in enumerate(heads)}
-    graph = pool_heads(head_fp32, "mean")
+    graph = pool_heads(head_fp32, "mean")  # the graph's own combined output, for reference
     bcts = apply_class_bias(apply_temperature(fp32, t_combined), bias)
-    before, after = reliability(graph, labels), reliability(bcts, labels)
+    before, after = reliability(fp32, labels), reliability(bcts, labels)
     precisions = {}
     for precision, head_probs in head_probs_by_precision.items():
         pooled = pool_heads(head_probs, pooling)
@@ -327,7 +332,8 @@ def measure_quantification(head_probs_by_precision: Mapping[str, np.ndarray], la
             if (labels == i).any():
                 mean_post[i] = cal[labels == i].mean(axis=0)
         precisions[precision] = {"n_cells": int(len(labels)), "confusion": confusion.tolist(), "mean_posteriors": mean_post.tolist(),
-                                 "ece_before": reliability(pool_heads(head_probs, "mean"), labels)["ece"],
+                                 "ece_graph": reliability(pool_heads(head_probs, "mean"), labels)["ece"],
+                                 "ece_before": reliability(pooled, labels)["ece"],
                                  "ece_after": reliability(apply_class_bias(cal, bias), labels)["ece"],
                                  "ece_after_temperature": reliability(cal, labels)["ece"]}
     prior = np.asarray(train_prior, np.float64)
@@ -335,8 +341,9 @@ def measure_quantification(head_probs_by_precision: Mapping[str, np.ndarray], la
             "train_prior": (prior / prior.sum()).tolist(),
             "temperature": {"combined": t_combined, "heads": t_heads, "class_bias": bias.tolist(), "class_bias_cov": bias_cov.tolist()},
             "fit": {"data": data, "n_cells": int(len(labels)), "class_counts": np.bincount(labels, minlength=k).tolist(),
+                    "ece_graph": reliability(graph, labels)["ece"], "nll_graph": nll(graph, labels),
                     "ece_before": before["ece"], "ece_after": after["ece"],
-                    "nll_before": nll(graph, labels), "nll_after": nll(bcts, labels),
+                    "nll_before": nll(fp32, labels), "nll_after": nll(bcts, labels),
                     "reliability_before": before["bins"], "reliability_after": after["bins"]},
             "precisions": precisions}
 
