@@ -14,7 +14,6 @@ own resolution is enough to find cells, and it is much cheaper), and the boxes a
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -246,13 +245,13 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
         for part in parts:
             box = _measure_cell(part, xs, ys, values, lobe_labels, body, w, h, min_area=min_area, max_area=max_area,
                                 min_body_area=min_body_area, min_intensity=min_intensity, border_margin=border_margin,
-                                cell_margin=cell_margin, max_cell_margin=max_cell_margin)
+                                cell_margin=cell_margin, max_cell_margin=max_cell_margin, whole_nuclei=whole)
             if box is not None:
-                candidates.append((dataclasses.replace(box, whole_nuclei=whole), part))
+                candidates.append((box, part))
     boxes = [box for box, _ in candidates]
     if min_local_contrast > 0 and candidates:
-        boxes = [box for box, part in candidates
-                 if box.intensity >= min_local_contrast * _surrounding_glow(signal, candidates, box, xs, ys, context_px)]
+        glow = _SurroundingGlow(signal, [part for _, part in candidates], xs, ys, context_px)
+        boxes = [box for i, box in enumerate(boxes) if box.intensity >= min_local_contrast * glow(i, box)]
     # a small fragment centred inside a bigger cell's box is a lobe that strayed past merge_distance
     boxes = [b for b in boxes if b.area >= min_area or not any(
         o is not b and o.area > b.area and o.x0 <= b.cx < o.x1 and o.y0 <= b.cy < o.y1 for o in boxes)]
@@ -260,26 +259,33 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
     return boxes
 
 
-def _surrounding_glow(signal: np.ndarray, candidates: Sequence[tuple[CellBox, np.ndarray]], box: CellBox,
-                      xs: np.ndarray, ys: np.ndarray, ring_px: int) -> float:
-    """The 95th percentile of the signal in a ring `ring_px` wide around the cell's box; at least 1 (a
-    dark field). Left out of the ring: the nuclei of the other candidate cells beside it (a touching
-    neighbour is not glow), but not a candidate whose nuclear pixels surround this cell's centre (stain
-    debris or a rim network around a knot is exactly the glow to outshine)."""
-    h, w = signal.shape
-    x0, y0, x1, y1 = max(box.x0 - ring_px, 0), max(box.y0 - ring_px, 0), min(box.x1 + ring_px, w), min(box.y1 + ring_px, h)
-    ring = np.ones((y1 - y0, x1 - x0), bool)
-    for other, part in candidates:
-        if other.x1 <= x0 or other.x0 >= x1 or other.y1 <= y0 or other.y0 >= y1:
-            continue  # nowhere near the ring
-        px, py = xs[part], ys[part]
-        if other is not box and px.min() <= box.cx <= px.max() and py.min() <= box.cy <= py.max():
-            continue  # it surrounds this cell: its glow counts
-        inside = (px >= x0) & (px < x1) & (py >= y0) & (py < y1)
-        ring[py[inside] - y0, px[inside] - x0] = False
-    ring[box.y0 - y0 : box.y1 - y0, box.x0 - x0 : box.x1 - x0] = False
-    values = signal[y0:y1, x0:x1][ring]
-    return max(float(np.percentile(values, 95)), 1.0) if values.size else 1.0
+class _SurroundingGlow:
+    """The 95th percentile of the signal in a ring `ring_px` wide around a candidate cell's box; at
+    least 1 (a dark field). Left out of the ring: the nuclei of the other candidate cells beside it (a
+    touching neighbour is not glow), but not a candidate whose nuclear pixels surround this cell's
+    centre (stain debris or a rim network around a knot is exactly the glow to outshine). Built once
+    per frame: which candidate's nucleus each pixel is, and each nucleus' bounding box."""
+
+    def __init__(self, signal: np.ndarray, parts: Sequence[np.ndarray], xs: np.ndarray, ys: np.ndarray, ring_px: int):
+        self.signal, self.ring_px = signal, ring_px
+        self.owner = np.full(signal.shape, -1, np.int32)
+        self.nucleus_box = np.empty((len(parts), 4))  # x0, y0, x1, y1 of the nuclear pixels (inclusive)
+        for i, part in enumerate(parts):
+            px, py = xs[part], ys[part]
+            self.owner[py, px] = i
+            self.nucleus_box[i] = (px.min(), py.min(), px.max(), py.max())
+
+    def __call__(self, index: int, box: CellBox) -> float:
+        h, w = self.signal.shape
+        x0, y0 = max(box.x0 - self.ring_px, 0), max(box.y0 - self.ring_px, 0)
+        x1, y1 = min(box.x1 + self.ring_px, w), min(box.y1 + self.ring_px, h)
+        nb = self.nucleus_box
+        surrounding = np.flatnonzero((nb[:, 0] <= box.cx) & (box.cx <= nb[:, 2]) & (nb[:, 1] <= box.cy) & (box.cy <= nb[:, 3]))
+        owner = self.owner[y0:y1, x0:x1]
+        ring = (owner < 0) | np.isin(owner, surrounding[surrounding != index])
+        ring[box.y0 - y0 : box.y1 - y0, box.x0 - x0 : box.x1 - x0] = False
+        values = self.signal[y0:y1, x0:x1][ring]
+        return max(float(np.percentile(values, 95)), 1.0) if values.size else 1.0
 
 
 def _split_whole_nuclei(sel: np.ndarray, lobe_of: np.ndarray, px: np.ndarray, py: np.ndarray,
@@ -301,7 +307,8 @@ def _split_whole_nuclei(sel: np.ndarray, lobe_of: np.ndarray, px: np.ndarray, py
 
 def _measure_cell(sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, values: np.ndarray, lobe_labels: np.ndarray,
                   body: np.ndarray | None, w: int, h: int, *, min_area: int, max_area: int, min_body_area: int,
-                  min_intensity: float, border_margin: int, cell_margin: int, max_cell_margin: int) -> CellBox | None:
+                  min_intensity: float, border_margin: int, cell_margin: int, max_cell_margin: int,
+                  whole_nuclei: int = 0) -> CellBox | None:
     """One cell's box from its nuclear pixels (indices into the mask pixels), or None when it is debris,
     a clump, too dim or cut by the frame border."""
     area = int(sel.size)
@@ -336,7 +343,7 @@ def _measure_cell(sel: np.ndarray, xs: np.ndarray, ys: np.ndarray, values: np.nd
     if x0 < border_margin or y0 < border_margin or x1 > w - border_margin or y1 > h - border_margin:
         return None  # cut by the frame border: its crop would be incomplete
     n_lobes = len(np.unique(lobe_labels[py, px]))
-    return CellBox(x0, y0, x1, y1, cx, cy, area, n_lobes, intensity, body_area)
+    return CellBox(x0, y0, x1, y1, cx, cy, area, n_lobes, intensity, body_area, whole_nuclei)
 
 
 def crop_window(image: np.ndarray, cx: float, cy: float, side: int) -> np.ndarray:
