@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 from wbc_edge import gate_report
 from wbc_edge.bundle import Bundle, atomic_write_text
 from wbc_edge.outputs import REPORT_MARKER
-from wbc_edge.runtime.quantify import LEGACY_POOLING, QUANT_MEMBER
+from wbc_edge.runtime.quantify import QUANT_MEMBER, member_pooling
 from wbc_edge.runtime.report import CSS
 from wbc_edge.spec import CLASS_ABBREV
 
@@ -84,7 +84,7 @@ def _calibration_section(quant: Mapping[str, Any]) -> str:
     fit, temps = quant.get("fit") or {}, quant.get("temperature") or {}
     classes = list(quant.get("classes") or [])
     abbrev = [CLASS_ABBREV.get(c, c) for c in classes]
-    pooling = quant.get("pooling", LEGACY_POOLING) if quant.get("schema", 1) >= 2 else LEGACY_POOLING
+    pooling = member_pooling(quant)
     bias = ", ".join(f"{a} {v:+.2f}" for a, v in zip(abbrev, temps.get("class_bias") or []))
     heads = ", ".join(f"{h} {t:.2f}" for h, t in (temps.get("heads") or {}).items())
     counts = ", ".join(f"{a} {n}" for a, n in zip(abbrev, fit.get("class_counts") or []))

@@ -107,6 +107,12 @@ def pool_heads(head_probs: np.ndarray, pooling: str = DEFAULT_POOLING) -> np.nda
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def member_pooling(d: Mapping[str, Any]) -> str:
+    """The pooling a quantification.json (or a results header's copy) was fitted on: its `pooling`
+    from schema 2 on; a schema-1 member's temperature was fitted on the heads' arithmetic mean."""
+    return str(d.get("pooling", LEGACY_POOLING)) if int(d.get("schema", 1)) >= 2 else LEGACY_POOLING
+
+
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     p = np.asarray(probs, dtype=np.float64)
     return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], _PROB_FLOOR, None))))
@@ -240,7 +246,7 @@ class QuantParams:
                          class_bias=None if d.get("class_bias") is None else np.asarray(d["class_bias"], np.float64),
                          class_bias_cov=None if d.get("class_bias_cov") is None else np.asarray(d["class_bias_cov"], np.float64),
                          precision=str(d.get("precision", "fp32")), measured_precision=str(d.get("measured_precision", "fp32")),
-                         pooling=str(d.get("pooling", LEGACY_POOLING)) if schema >= 2 else LEGACY_POOLING)
+                         pooling=member_pooling(d))
         except (KeyError, TypeError, ValueError) as e:
             raise QuantificationError(f"{where}: quantification parameters unreadable ({e})") from None
         params.check(where)
@@ -287,7 +293,7 @@ def params_from_member(member: Mapping[str, Any], precision: str, where: str = Q
         "confusion": rates["confusion"], "mean_posteriors": rates["mean_posteriors"],
         "temperature": temps.get("combined", 1.0), "head_temperatures": temps.get("heads", {}),
         "class_bias": temps.get("class_bias"), "class_bias_cov": temps.get("class_bias_cov"),
-        "precision": precision, "measured_precision": measured, "pooling": member.get("pooling", LEGACY_POOLING)}, where)
+        "precision": precision, "measured_precision": measured, "pooling": member_pooling(member)}, where)
 
 
 def params_for_bundle(bundle: Any, precision: str) -> QuantParams | None:
@@ -511,6 +517,6 @@ def estimate_shares(probs: Any, params: QuantParams, method: str = DEFAULT_METHO
                          high=np.maximum(high, shares), n_cells=n, notes=notes)
 
 
-__all__ = ["DEFAULT_METHOD", "DEFAULT_POOLING", "POOLINGS", "pool_heads", "params_for_bundle", "METHODS", "QUANT_MEMBER", "QUANT_SCHEMA", "QuantParams", "QuantificationError", "ShareEstimate",
+__all__ = ["DEFAULT_METHOD", "DEFAULT_POOLING", "POOLINGS", "member_pooling", "pool_heads", "params_for_bundle", "METHODS", "QUANT_MEMBER", "QUANT_SCHEMA", "QuantParams", "QuantificationError", "ShareEstimate",
            "apply_class_bias", "apply_temperature", "checked_probs", "fit_bias_corrected_temperature", "em_prior_adaptation", "estimate_shares", "fit_temperature",
            "measure_quantification", "params_from_member", "reliability", "simplex_lstsq"]
