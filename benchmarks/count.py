@@ -54,19 +54,23 @@ def run(model: str, data: str, samples: int, n_cells: int, precision: str | None
         mix = np.array([BLOOD_MIXES[mix_name][c] for c in spec.classes])
         mix = mix / mix.sum()
         tolerance = Z_95 * np.sqrt(mix * (1 - mix) / 400)
-        per = {m: {"abs_err": [], "err": [], "covered": [], "within_manual": []} for m in METHODS}
+        per = {m: {"err": [], "covered": [], "within_manual": []} for m in METHODS}
         for s in range(samples):
             idx = draw_sample(rng, labels, mix, n_cells)
             for m in METHODS:
                 est = estimate_shares(probs[idx], params, m, n_boot=n_boot, seed=s)
-                per[m]["abs_err"].append(np.abs(est.shares - mix))
-                per[m]["err"].append(est.shares - mix)
+                per[m]["err"].append(est.shares - mix)  # estimate - truth; the table takes its absolute value
                 per[m]["covered"].append((est.low <= mix) & (mix <= est.high))
                 per[m]["within_manual"].append(np.abs(est.shares - mix) <= tolerance)
         rows[mix_name] = {m: {key: np.asarray(v).tolist() for key, v in d.items()} for m, d in per.items()}
     return {"model": model, "data": data, "precision": precision, "samples_per_mix": samples, "cells_per_sample": n_cells,
             "n_boot": n_boot, "seed": seed, "pool_cells": int(len(labels)), "classes": list(spec.classes),
             "temperature": params.temperature, "pooling": params.pooling, "seconds": time.perf_counter() - started, "mixes": rows}
+
+
+def _signed_error(rows: dict) -> np.ndarray:
+    """(samples, classes) estimate - truth; a report written before the signed error was kept has |err|."""
+    return np.asarray(rows["err"] if "err" in rows else rows["abs_err"])
 
 
 def table(report: dict) -> str:
@@ -80,17 +84,17 @@ def table(report: dict) -> str:
            " | within 400-cell manual error % " + " ".join(ab) + " | all |",
            "|---|---|---|---|---|"]
     for m in METHODS:
-        err = np.concatenate([np.asarray(report["mixes"][x][m]["abs_err"]) for x in report["mixes"]])
+        err = np.abs(np.concatenate([_signed_error(report["mixes"][x][m]) for x in report["mixes"]]))
         cov = np.concatenate([np.asarray(report["mixes"][x][m]["covered"]) for x in report["mixes"]])
         man = np.concatenate([np.asarray(report["mixes"][x][m]["within_manual"]) for x in report["mixes"]])
         out.append(f"| {m} | " + " ".join(f"{100 * v:.2f}" for v in err.mean(0)) + f" | {100 * cov.mean():.1f}: "
                    + " ".join(f"{100 * v:.0f}" for v in cov.mean(0)) + f" | " + " ".join(f"{100 * v:.0f}" for v in man.mean(0))
                    + f" | **{100 * man.mean():.1f}** |")
-    if all("err" in report["mixes"][x][m] for x in report["mixes"] for m in METHODS):
+    if all("err" in report["mixes"][x][m] for x in report["mixes"] for m in METHODS):  # reports before 2 Dec held |err| only
         out += ["", "Mean signed error (estimate - truth), points, over all mixes:", "",
                 "| estimator | " + " | ".join(ab) + " |", "|---|" + "---|" * len(ab)]
         for m in METHODS:
-            err = np.concatenate([np.asarray(report["mixes"][x][m]["err"]) for x in report["mixes"]])
+            err = np.concatenate([_signed_error(report["mixes"][x][m]) for x in report["mixes"]])
             out.append(f"| {m} | " + " | ".join(f"{100 * v:+.2f}" for v in err.mean(0)) + " |")
     out += ["", "Per mix, share of (sample, class) pairs within the manual count's error (%):", "",
             "| estimator | " + " | ".join(report["mixes"]) + " |", "|---|" + "---|" * len(report["mixes"])]
