@@ -47,7 +47,6 @@ def run(model: str, data: str, samples: int, n_cells: int, precision: str | None
     inputs, labels = dataset_inputs(data, spec)
     probs = params.calibrated_probs(run_onnx(bundle.model_bytes(precision), spec, inputs)[spec.head_probs_name])
     rng = np.random.default_rng(seed)
-    k = spec.num_classes
     rows: dict[str, dict] = {}
     started = time.perf_counter()
     for mix_name in MIXES:
@@ -88,7 +87,7 @@ def table(report: dict) -> str:
         cov = np.concatenate([np.asarray(report["mixes"][x][m]["covered"]) for x in report["mixes"]])
         man = np.concatenate([np.asarray(report["mixes"][x][m]["within_manual"]) for x in report["mixes"]])
         out.append(f"| {m} | " + " ".join(f"{100 * v:.2f}" for v in err.mean(0)) + f" | {100 * cov.mean():.1f}: "
-                   + " ".join(f"{100 * v:.0f}" for v in cov.mean(0)) + f" | " + " ".join(f"{100 * v:.0f}" for v in man.mean(0))
+                   + " ".join(f"{100 * v:.0f}" for v in cov.mean(0)) + " | " + " ".join(f"{100 * v:.0f}" for v in man.mean(0))
                    + f" | **{100 * man.mean():.1f}** |")
     if all("err" in report["mixes"][x][m] for x in report["mixes"] for m in METHODS):  # reports before 2 Dec held |err| only
         out += ["", "Mean signed error (estimate - truth), points, over all mixes:", "",
