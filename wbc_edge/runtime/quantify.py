@@ -38,7 +38,8 @@ show it is what makes EM prior adaptation work) fits ``softmax(z / T + b)`` on h
 the pooled row is a softmax, ``softmax(z / T) = p ** (1 / T)`` renormalised, which every backend's
 head outputs give exactly (``calibrated_probs``): that is what each per-cell result line holds. The
 line's class stays the model's own combined output's argmax, the classifier the accuracy gate
-measured (the geometric and arithmetic means disagree on 0.2-0.5 % of cells). The class bias ``b`` multiplies every posterior by
+measured (the geometric and arithmetic means disagree on 0.2-0.5 % of synthetic cells and 0.5-1 % of
+real held-out ones). The class bias ``b`` multiplies every posterior by
 ``exp(b)``, which is the same as training at the prior ``prior * exp(-b)``: EM uses that effective
 prior, so the per-cell probabilities keep the model's labels and EM still sees BCTS posteriors.
 Its interval also redraws ``b`` from its Laplace approximation (the inverse Hessian of the held-out
