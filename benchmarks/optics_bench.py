@@ -6,12 +6,15 @@
    lights (no hand-set constant), then recall / precision of the located cells against the truth
    (20 fields, IoU >= 0.3; a cell the truth marks cut by the border is ignored: neither missed nor a
    false find when located, since its visible part may lie inside the frame).
+   The same at 1x with the fluorescence frames at 1/2, 1/4 and 1/8 of their exposure (a dimmer lamp),
+   with and without the locator's exposure gain.
 2. Real frames (if --real): converted to four-light sets (`wbc_edge.data.smear_frames`), the scale
    estimated from the first three sets, recall / precision against boxes.csv scored like the
    simulator's frames: a labelled cell cut by the frame border is ignored, a label slip (a box under
    2 um) dropped, and benchmarks/data/chula_frames_review.csv adds the white cells the labels lack and
    marks ambiguous regions (a smudge), each looked at by eye. Reported for all frames and for the even
-   and odd halves (choose on one half, read the other).
+   and odd halves (choose on one half, read the other). Then false finds in the frames' cell-free
+   windows (each made into its own four-light set), with and without the exposure gain.
 3. Four-light sets per second with the frames already in memory (no file decoding): assemble, locate,
    crop and infer (the packaged demo bundle, ONNX Runtime CPU, best precision) at 640x480 and at
    2448x2048, locating at the model's resolution (the default) and at the sensor's (`work_um_per_px=0`);
@@ -35,13 +38,16 @@ from wbc_edge.synth.frames import SyntheticCamera
 BRIGHT = ("color1", "color2", "color3")
 
 
-def simulator(scale: float, fields: int = 20, seed: int = 101) -> dict:
+def simulator(scale: float, fields: int = 20, seed: int = 101, exposure: float = 1.0, **locator) -> dict:
     cam = SyntheticCamera(seed=seed, scale=scale)
     est = estimate_scale([cam.render_set(i)[0][light] for i in range(3) for light in BRIGHT])
     tp = fp = fn = 0
     for i in range(fields):
         images, truth = cam.render_set(i)
-        boxes = locate_cells(images["fluorescent"], um_per_px=est.um_per_px)
+        fluorescent = images["fluorescent"]
+        if exposure != 1.0:  # a dimmer lamp or a shorter exposure: every grey level scaled, as a sensor records it
+            fluorescent = np.clip(np.rint(fluorescent.astype(np.float32) * exposure), 0, 255).astype(np.uint8)
+        boxes = locate_cells(fluorescent, um_per_px=est.um_per_px, **locator)
         # a cell the truth calls cut by the border is neither to be found nor a false find (an "ignore" cell)
         cut = [c.box for c in truth if c.cut_by_border]
         ignored = {i for i, _ in greedy_match(boxes, cut)}
@@ -49,7 +55,14 @@ def simulator(scale: float, fields: int = 20, seed: int = 101) -> dict:
         tp, fp, fn = tp + s["tp"], fp + s["fp"], fn + s["fn"]
     return {"scale": scale, "true_um_per_px": round(cam.um_per_px, 4), "estimate": est.describe(),
             "estimate_error_pct": round(100 * (est.um_per_px / cam.um_per_px - 1), 1),
-            "recall": round(tp / (tp + fn), 4), "precision": round(tp / max(tp + fp, 1), 4), "tp": tp, "fp": fp, "fn": fn}
+            "recall": round(tp / (tp + fn), 4), "precision": round(tp / max(tp + fp, 1), 4), "tp": tp, "fp": fp, "fn": fn,
+            **({"exposure": exposure} if exposure != 1.0 else {}), **({"locator": locator} if locator else {})}
+
+
+def exposures() -> list[dict]:
+    """The simulator at 1x with its fluorescence frames at 1, 1/2, 1/4 and 1/8 of their exposure, with the
+    locator's exposure gain (the default) and without it (`min_peak=0`)."""
+    return [simulator(1.0, exposure=e, **kw) for e in (1.0, 0.5, 0.25, 0.125) for kw in ({}, {"min_peak": 0.0})]
 
 
 REVIEW = Path(__file__).parent / "data" / "chula_frames_review.csv"
@@ -127,7 +140,38 @@ def real(root: Path, review_path: Path = REVIEW) -> dict:
             "halves": {h: rates(t) for h, t in totals.items()},
             "scoring": (f"labels within {LABEL_EDGE_UM:g} um of the edge: cut by the border, ignored; labels under "
                         f"{MIN_LABEL_UM:g} um: slips, dropped; {review_path.name}: cells the labels lack, and ambiguous regions"),
-            "locate_ms_per_frame": round(1000 * t_locate / len(sets), 1), "false_finds": false_finds, "frames_with_misses": missed}
+            "locate_ms_per_frame": round(1000 * t_locate / len(sets), 1), "false_finds": false_finds, "frames_with_misses": missed,
+            "cell_free_regions": {name: cell_free_regions(root, review, est.um_per_px, **kw)
+                                  for name, kw in (("default", {}), ("no exposure gain", {"min_peak": 0.0}))}}
+
+
+def cell_free_regions(root: Path, review: dict, um_per_px: float, side: int = 450, **locator) -> dict:
+    """False finds where there is no white cell: every side x side window of the real frames (half
+    overlapping) at least 20 px from every labelled box and every box of the review, made into its own
+    four-light set (so the stand-in is normalised on red cells and plasma alone, harsher than a frame
+    with a nucleus in it). Every find there is false; returns the windows, the finds and the windows
+    with any."""
+    import csv
+
+    from wbc_edge.data.images import read_image
+    from wbc_edge.data.smear_frames import four_lights
+
+    with open(root / "boxes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    windows = finds = with_finds = 0
+    for name in sorted({r["filename"] for r in rows}):
+        rgb = read_image(root / "images" / name)
+        taken = [[int(r[k]) for k in ("xmin", "ymin", "xmax", "ymax")] for r in rows if r["filename"] == name]
+        taken += [b for kind in review.get(name, {}).values() for b in kind]
+        h, w = rgb.shape[:2]
+        for y in range(0, h - side + 1, side // 2):
+            for x in range(0, w - side + 1, side // 2):
+                if any(x1 >= x - 20 and x0 <= x + side + 20 and y1 >= y - 20 and y0 <= y + side + 20 for x0, y0, x1, y1 in taken):
+                    continue
+                window = np.ascontiguousarray(rgb[y : y + side, x : x + side])
+                n = len(locate_cells(four_lights(window)["fluorescent"], um_per_px=um_per_px, **locator))
+                windows, finds, with_finds = windows + 1, finds + n, with_finds + (n > 0)
+    return {"windows": windows, "false_finds": finds, "windows_with_false_finds": with_finds}
 
 
 def sets_per_second(width: int, height: int, scale: float, n_sets: int, work: float | None) -> dict:
@@ -219,12 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--real", type=Path, default=None, help="a folder with images/ and boxes.csv (chula_frames)")
     p.add_argument("--fps-sets", type=int, default=12)
-    p.add_argument("--skip", default="", help="comma list of parts to skip: sim, real, fps")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: sim, exposure, real, fps")
     a = p.parse_args(argv)
     skip = set(a.skip.split(","))
     out: dict = {}
     if "sim" not in skip:
         out["simulator"] = [simulator(s) for s in (0.5, 1.0, 2.0)]
+    if "exposure" not in skip:
+        out["exposure"] = exposures()
     if a.real and "real" not in skip:
         out["real"] = real(a.real)
     if "fps" not in skip:

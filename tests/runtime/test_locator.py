@@ -241,3 +241,37 @@ def test_touching_cells_are_both_found_split_or_apart(dx):
     neighbouring nucleus is not the glow a nucleus must outshine."""
     boxes = sorted(locate_cells(_touching_pair(dx)), key=lambda b: b.cx)
     assert len(boxes) == 2 and abs(boxes[0].cx - 90) < 2 and abs(boxes[1].cx - 90 - dx) < 2
+
+
+def _one_cell(nucleus_level: int) -> np.ndarray:
+    img = np.full((160, 160, 3), 8, np.uint8)
+    cv2.circle(img, (80, 80), 18, (8 + (nucleus_level - 8) // 5, 8, 8), -1)  # cytoplasm glow, as exposed as the nucleus
+    cv2.circle(img, (80, 80), 9, (8, nucleus_level, 8), -1)
+    return img
+
+
+def test_an_under_exposed_frame_is_brought_up_and_a_well_exposed_one_left_alone():
+    from wbc_edge.runtime.locator import exposure_gain
+
+    dim = _one_cell(40)  # 32 above background: under the 45 a nucleus must reach
+    assert locate_cells(dim, min_peak=0) == []
+    (cell,) = locate_cells(dim)
+    assert abs(cell.cx - 80) < 1 and abs(cell.cy - 80) < 1
+    bright = _one_cell(200)
+    assert locate_cells(bright) == locate_cells(bright, min_peak=0)  # bright enough: no gain, same boxes
+    assert exposure_gain(np.full((8, 8), 100, np.float32), min_peak=60, max_gain=8, min_snr=3) == 1.0
+    signal = np.zeros((40, 40), np.float32)
+    signal[10:20, 10:20] = 2.0  # 2 grey levels: a gain of 30 wanted, at most 8 given
+    assert exposure_gain(signal, min_peak=60, max_gain=8, min_snr=0.5) == 8.0
+
+
+def test_a_field_of_strong_noise_is_not_amplified_into_cells():
+    from wbc_edge.runtime.locator import GEOMETRY, exposure_gain, nuclear_signal
+
+    for background, sd in ((8, 10), (8, 20), (30, 20)):
+        noise = np.random.default_rng(sd).normal(background, sd, (240, 320, 3)).clip(0, 255).astype(np.uint8)
+        assert locate_cells(noise) == []
+        px = GEOMETRY.in_pixels(GEOMETRY.work_um_per_px)
+        signal = nuclear_signal(noise, background_px=px["background_px"], blur_sigma=px["blur_sigma"])
+        signal = cv2.morphologyEx(signal, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (px["open_px"],) * 2))
+        assert exposure_gain(signal, min_peak=60, max_gain=8, min_snr=3) == 1.0
