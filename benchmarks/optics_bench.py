@@ -161,7 +161,7 @@ def cell_free_regions(root: Path, review: dict, um_per_px: float, side: int = 45
     windows = finds = with_finds = 0
     for name in sorted({r["filename"] for r in rows}):
         rgb = read_image(root / "images" / name)
-        taken = [[int(r[k]) for k in ("xmin", "ymin", "xmax", "ymax")] for r in rows if r["filename"] == name]
+        taken = [[float(r[k]) for k in ("xmin", "ymin", "xmax", "ymax")] for r in rows if r["filename"] == name]
         taken += [b for kind in review.get(name, {}).values() for b in kind]
         h, w = rgb.shape[:2]
         for y in range(0, h - side + 1, side // 2):

@@ -257,6 +257,9 @@ def test_an_under_exposed_frame_is_brought_up_and_a_well_exposed_one_left_alone(
     assert locate_cells(dim, min_peak=0) == []
     (cell,) = locate_cells(dim)
     assert abs(cell.cx - 80) < 1 and abs(cell.cy - 80) < 1
+    assert cell.x0 <= 80 - 17 and cell.x1 >= 80 + 17 and cell.body_area > 0  # the cytoplasm glow, brought up too
+    assert 25 < cell.intensity < 40  # reported as the frame recorded it
+    assert locate_cells(np.zeros((64, 64, 3), np.uint8), min_peak_snr=0) == []  # a black frame: nothing to bring up
     bright = _one_cell(200)
     assert locate_cells(bright) == locate_cells(bright, min_peak=0)  # bright enough: no gain, same boxes
     assert exposure_gain(np.full((8, 8), 100, np.float32), min_peak=60, max_gain=8, min_snr=3) == 1.0
@@ -268,10 +271,14 @@ def test_an_under_exposed_frame_is_brought_up_and_a_well_exposed_one_left_alone(
 def test_a_field_of_strong_noise_is_not_amplified_into_cells():
     from wbc_edge.runtime.locator import GEOMETRY, exposure_gain, nuclear_signal
 
-    for background, sd in ((8, 10), (8, 20), (30, 20)):
-        noise = np.random.default_rng(sd).normal(background, sd, (240, 320, 3)).clip(0, 255).astype(np.uint8)
+    px = GEOMETRY.in_pixels(GEOMETRY.work_um_per_px)
+    side = int(round(px["min_area"] ** 0.5))
+    # up to a 5 MP frame's size at the locator's working resolution: the brightest noise pixel grows with
+    # the frame, its mean over a nucleus' area does not
+    for (h, w), background, sd in (((240, 320), 8, 10), ((240, 320), 30, 20), ((1024, 1224), 8, 20), ((1024, 1224), 8, 40)):
+        noise = np.random.default_rng(sd).normal(background, sd, (h, w, 3)).clip(0, 255).astype(np.uint8)
         assert locate_cells(noise) == []
-        px = GEOMETRY.in_pixels(GEOMETRY.work_um_per_px)
         signal = nuclear_signal(noise, background_px=px["background_px"], blur_sigma=px["blur_sigma"])
         signal = cv2.morphologyEx(signal, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (px["open_px"],) * 2))
-        assert exposure_gain(signal, min_peak=60, max_gain=8, min_snr=3) == 1.0
+        assert exposure_gain(signal, min_peak=100, max_gain=8, min_snr=3, nucleus_side=side) == 1.0
+        assert exposure_gain(signal, min_peak=100, max_gain=8, min_snr=0, nucleus_side=side) > 1.0  # the guard decided

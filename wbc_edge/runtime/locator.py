@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import cv2
@@ -70,7 +70,8 @@ GEOMETRY = LocatorGeometry()
 @dataclass(frozen=True)
 class CellBox:
     """One located white cell: box (x1, y1 exclusive) and centre in frame pixels, nuclear area in px,
-    number of separate nuclear lobes, and mean nuclear brightness above background (0..255)."""
+    number of separate nuclear lobes, and mean nuclear brightness above background (0..255, as the
+    frame recorded it, before any exposure gain)."""
 
     x0: int
     y0: int
@@ -221,9 +222,10 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
     signal = nuclear_signal(fluorescent, channel=channel, background_px=background_px, blur_sigma=blur_sigma)
     if open_px >= 2:  # grey opening: bright structures thinner than a nuclear lobe (red-cell rims) sink to their surroundings
         signal = cv2.morphologyEx(signal, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px)))
-    gain = exposure_gain(signal, min_peak=min_peak, max_gain=max_gain, min_snr=min_peak_snr)
+    gain = exposure_gain(signal, min_peak=min_peak, max_gain=max_gain, min_snr=min_peak_snr,
+                         nucleus_side=max(1, int(round(math.sqrt(min_area)))))
     if gain != 1.0:
-        signal = signal * gain
+        signal *= gain
     signal8 = np.clip(signal, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(signal8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     threshold = max(float(otsu), float(min_contrast))
@@ -236,7 +238,7 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
     if fluorescent.ndim == 3 and body_contrast > 0:
         glow = nuclear_signal(fluorescent, channel="red", background_px=background_px, blur_sigma=round(1.5 * blur_sigma, 6))
         if gain != 1.0:
-            glow = glow * gain  # the cytoplasm's glow is as under-exposed as the nucleus'
+            glow *= gain  # the cytoplasm's glow is as under-exposed as the nucleus'
         body = ((glow > body_contrast) | (mask > 0)).astype(np.uint8)
     grow = max(1, int(round(merge_distance / 2)))
     merged = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
@@ -273,16 +275,26 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
     # a small fragment centred inside a bigger cell's box is a lobe that strayed past merge_distance
     boxes = [b for b in boxes if b.area >= min_area or not any(
         o is not b and o.area > b.area and o.x0 <= b.cx < o.x1 and o.y0 <= b.cy < o.y1 for o in boxes)]
+    if gain != 1.0:  # brightness as the camera recorded it, comparable between frames
+        boxes = [replace(b, intensity=b.intensity / gain) for b in boxes]
     boxes.sort(key=lambda b: (b.y0, b.x0))
     return boxes
 
 
-def exposure_gain(signal: np.ndarray, *, min_peak: float, max_gain: float, min_snr: float) -> float:
-    """The factor that brings a dim frame's brightest structure up to `min_peak` (see locate_cells), or 1."""
-    if min_peak <= 0 or max_gain <= 1 or signal.size == 0:
+def exposure_gain(signal: np.ndarray, *, min_peak: float, max_gain: float, min_snr: float, nucleus_side: int = 1) -> float:
+    """The factor that brings a dim frame's brightest structure (`signal` is already opened: nothing
+    thinner than a nuclear lobe is left) up to `min_peak` (see locate_cells), or 1. A frame with any
+    pixel at `min_peak` is left as it is (one `max`: the common, well-exposed case). The guard against
+    amplifying noise compares the highest mean over a `nucleus_side` square (the smallest nucleus'
+    area: noise averages out there, a nucleus does not) with the frame's 75th percentile + 1."""
+    if not min_peak > 0 or not max_gain > 1 or signal.size == 0:
         return 1.0
     peak = float(signal.max())
-    if peak >= min_peak or peak < min_snr * (float(np.percentile(signal, 75)) + 1.0):
+    if not np.isfinite(peak) or peak >= min_peak or peak <= 0:
+        return 1.0
+    nucleus_mean = float((cv2.blur(signal, (nucleus_side, nucleus_side)) if nucleus_side > 1 else signal).max())
+    typical = float(np.percentile(signal[::4, ::4], 75)) + 1.0  # a sample is enough for a percentile
+    if nucleus_mean < min_snr * typical:
         return 1.0
     gain = min(min_peak / peak, max_gain)
     log.debug("under-exposed fluorescence frame: brightest structure %.1f grey levels above background, gain %.2f", peak, gain)
