@@ -251,3 +251,52 @@ def test_a_clump_is_not_split_into_cells():
         cv2.circle(img, (cx, 60), 12, (60, 200, 60), -1)
     assert len(locate_cells(img, open_px=0, max_area=2000)) == 2  # cells: split at their whole nuclei
     assert locate_cells(img, open_px=0, max_area=800) == []  # a clump: rejected whole, not cut into two "cells"
+
+
+class _DimFluorescence(_ScaleHidden):
+    """The same camera with a dimmer fluorescence lamp: every fluorescence grey level times `factor`."""
+
+    def __init__(self, source, factor):
+        super().__init__(source)
+        self.factor = factor
+
+    def read(self, timeout=1.0):
+        import dataclasses
+
+        frame = self._source.read(timeout)
+        if frame is not None and frame.light_hint == "fluorescent":
+            frame = dataclasses.replace(frame, image=np.clip(np.rint(frame.image * self.factor), 0, 255).astype(np.uint8))
+        return frame
+
+
+def test_exposure_tracker_brings_a_dim_run_up_and_leaves_a_normal_one():
+    from wbc_edge.runtime.locator import REFERENCE_NUCLEUS, CellBox, ExposureTracker
+
+    def cells(level, n):
+        return [CellBox(0, 0, 10, 10, 5.0, 5.0, 100, 1, float(level)) for _ in range(n)]
+
+    tracker = ExposureTracker(min_cells=10)
+    assert tracker.add(cells(REFERENCE_NUCLEUS / 4, 9)) == 1.0  # too few nuclei to judge
+    assert tracker.add(cells(REFERENCE_NUCLEUS / 4, 1)) == pytest.approx(4.0)
+    assert ExposureTracker().add(cells(REFERENCE_NUCLEUS / 1.2, 20)) == 1.0  # within the dead band: as set
+    assert ExposureTracker().add(cells(REFERENCE_NUCLEUS * 2, 20)) == 1.0  # never turned down
+    assert ExposureTracker().add(cells(1.0, 20)) == 8.0  # at most max_gain
+
+
+def test_analyzer_at_a_quarter_of_the_fluorescence_exposure_finds_the_cells_it_finds_at_full(rt_bundle):
+    from wbc_edge.runtime.pipeline import Analyzer
+    from wbc_edge.runtime.sources import open_source
+
+    path, _ = rt_bundle
+    uri = "synthetic://?sets=12&seed=5"
+    found = {}
+    for factor in (1.0, 0.25):
+        with Analyzer(path, backend="onnxruntime", intra_op_threads=1, profile="auto") as an:
+            summary = an.analyze(_DimFluorescence(open_source(uri), factor))
+        found[factor] = summary.total_cells
+        exposure = summary.stats["exposure"]
+        if factor == 1.0:
+            assert exposure["gain"] == 1.0
+        else:
+            assert exposure["gain"] == pytest.approx(4.0, rel=0.25)
+    assert found[1.0] > 30 and found[0.25] >= 0.9 * found[1.0]
