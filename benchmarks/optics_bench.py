@@ -31,28 +31,23 @@ from pathlib import Path
 
 import numpy as np
 
-from wbc_edge.runtime.locator import ExposureTracker, detection_scores, greedy_match, locate_cells
+from wbc_edge.runtime.locator import detection_scores, greedy_match, locate_cells
 from wbc_edge.runtime.optics import estimate_scale
 from wbc_edge.synth.frames import SyntheticCamera
 
 BRIGHT = ("color1", "color2", "color3")
 
 
-def simulator(scale: float, fields: int = 20, seed: int = 101, exposure: float = 1.0, track: bool = True, **locator) -> dict:
-    """track: the run's exposure tracker on (as the Analyzer runs it: fields in order, each located
-    with the gain the fields before it set)."""
+def simulator(scale: float, fields: int = 20, seed: int = 101, exposure: float = 1.0, **locator) -> dict:
     cam = SyntheticCamera(seed=seed, scale=scale)
     est = estimate_scale([cam.render_set(i)[0][light] for i in range(3) for light in BRIGHT])
-    tracker = ExposureTracker() if track else None
     tp = fp = fn = 0
     for i in range(fields):
         images, truth = cam.render_set(i)
         fluorescent = images["fluorescent"]
         if exposure != 1.0:  # a dimmer lamp or a shorter exposure: every grey level scaled, as a sensor records it
             fluorescent = np.clip(np.rint(fluorescent.astype(np.float32) * exposure), 0, 255).astype(np.uint8)
-        boxes = locate_cells(fluorescent, um_per_px=est.um_per_px, run_gain=tracker.gain if tracker else 1.0, **locator)
-        if tracker is not None:
-            tracker.add(boxes)
+        boxes = locate_cells(fluorescent, um_per_px=est.um_per_px, **locator)
         # a cell the truth calls cut by the border is neither to be found nor a false find (an "ignore" cell)
         cut = [c.box for c in truth if c.cut_by_border]
         ignored = {i for i, _ in greedy_match(boxes, cut)}
@@ -61,15 +56,13 @@ def simulator(scale: float, fields: int = 20, seed: int = 101, exposure: float =
     return {"scale": scale, "true_um_per_px": round(cam.um_per_px, 4), "estimate": est.describe(),
             "estimate_error_pct": round(100 * (est.um_per_px / cam.um_per_px - 1), 1),
             "recall": round(tp / (tp + fn), 4), "precision": round(tp / max(tp + fp, 1), 4), "tp": tp, "fp": fp, "fn": fn,
-            **({"exposure": exposure} if exposure != 1.0 else {}), **({"locator": locator} if locator else {}),
-            **({"run_gain": round(tracker.gain, 3)} if tracker else {"tracker": "off"})}
+            **({"exposure": exposure} if exposure != 1.0 else {}), **({"locator": locator} if locator else {})}
 
 
 def exposures() -> list[dict]:
-    """The simulator at 1x with its fluorescence frames at 1, 1/2, 1/4 and 1/8 of their exposure: the
-    defaults (each frame's gain and the run's exposure tracker), the frame's gain alone, and neither."""
-    return [simulator(1.0, exposure=e, **kw) for e in (1.0, 0.5, 0.25, 0.125)
-            for kw in ({}, {"track": False}, {"track": False, "min_peak": 0.0})]
+    """The simulator at 1x with its fluorescence frames at 1, 1/2, 1/4 and 1/8 of their exposure, with the
+    locator's exposure gain (the default) and without it (`min_peak=0`)."""
+    return [simulator(1.0, exposure=e, **kw) for e in (1.0, 0.5, 0.25, 0.125) for kw in ({}, {"min_peak": 0.0})]
 
 
 REVIEW = Path(__file__).parent / "data" / "chula_frames_review.csv"
@@ -124,13 +117,11 @@ def real(root: Path, review_path: Path = REVIEW) -> dict:
         est = estimate_scale([frame(s["frames"][k]) for s in sets[:3] for k in (1, 2, 3)])
         totals = {half: dict.fromkeys(("tp", "fp", "fn", "cut", "slips", "added"), 0) for half in ("even", "odd")}
         false_finds, missed = [], []
-        tracker = ExposureTracker()  # the 40 frames as one run
         t_locate = 0.0
         for n, s in enumerate(sets):
             img = frame(s["frames"][0])
             t0 = time.perf_counter()
-            boxes = locate_cells(img, um_per_px=est.um_per_px, run_gain=tracker.gain)
-            tracker.add(boxes)
+            boxes = locate_cells(img, um_per_px=est.um_per_px)
             t_locate += time.perf_counter() - t0
             sc = score_frame(boxes, [c["box"] for c in s["cells"]], review.get(s["source_file"], {}), est.um_per_px,
                              img.shape[1], img.shape[0])
@@ -146,7 +137,7 @@ def real(root: Path, review_path: Path = REVIEW) -> dict:
 
     both = {k: totals["even"][k] + totals["odd"][k] for k in totals["even"]}
     return {"frames": len(sets), "estimate": est.describe(), **rates(both),
-            "halves": {h: rates(t) for h, t in totals.items()}, "run_gain": round(tracker.gain, 3),
+            "halves": {h: rates(t) for h, t in totals.items()},
             "scoring": (f"labels within {LABEL_EDGE_UM:g} um of the edge: cut by the border, ignored; labels under "
                         f"{MIN_LABEL_UM:g} um: slips, dropped; {review_path.name}: cells the labels lack, and ambiguous regions"),
             "locate_ms_per_frame": round(1000 * t_locate / len(sets), 1), "false_finds": false_finds, "frames_with_misses": missed,

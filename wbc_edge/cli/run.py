@@ -247,10 +247,6 @@ def run(a: argparse.Namespace) -> int:
 
     print(summary.format_table())
     print(f"scale: {summary.scale}")
-    exposure = (summary.stats or {}).get("exposure") or {}
-    if exposure.get("gain", 1.0) != 1.0:
-        print(f"fluorescence: under-exposed, brought up {exposure['gain']:.2f}x (located nuclei at "
-              f"{exposure['nuclei_median']:.0f} grey levels, the locator's reference {exposure['reference']:.0f})")
     print(summary.counts_line())
     if summary.cells_discarded:
         print(f"{summary.cells_discarded} cell(s) classified after the {a.max_cells}-cell limit were not counted"

@@ -9,9 +9,6 @@ are merged by dilating the mask by half the merge distance; components that are 
 dim (debris, platelets) or too large (clumps), and cells whose box reaches the frame border, are
 rejected. The box is the nucleus' bounding box grown by `cell_margin` to the cell's likely extent.
 
-A run whose nuclei are all dim (a weaker lamp, a less sensitive camera) is brought up as a whole
-by `ExposureTracker`, from the brightness of the nuclei it has located so far (`run_gain`).
-
 Every size is physical (`LocatorGeometry`, micrometres) and turned into pixels with the camera's
 scale (`um_per_px`); a frame finer than `work_um_per_px` is first resampled down to it (the model's
 own resolution is enough to find cells, and it is much cheaper), and the boxes are mapped back.
@@ -20,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
@@ -151,7 +147,6 @@ def locate_cells(
     min_peak: float = 100.0,
     max_gain: float = 8.0,
     min_peak_snr: float = 3.0,
-    run_gain: float = 1.0,
 ) -> list[CellBox]:
     """White cells in a fluorescence frame (RGB uint8 HxWx3, or a single-channel image).
 
@@ -182,8 +177,6 @@ def locate_cells(
         that structure stands `min_peak_snr` times above the frame's 75th percentile (+1 grey level):
         sensor noise alone stays under 2.7 even at a standard deviation of 20 grey levels, so a field
         of noise is never amplified into cells.
-    run_gain: the run's exposure gain (`ExposureTracker.gain`: every frame of a dim camera or lamp),
-        applied before the frame's own; `CellBox.intensity` stays as the frame recorded it.
     """
     if not isinstance(fluorescent, np.ndarray) or fluorescent.ndim not in (2, 3) or fluorescent.size == 0:
         raise DataError(f"locate_cells: expected an HxW or HxWx3 image, got {getattr(fluorescent, 'shape', type(fluorescent))}")
@@ -204,7 +197,7 @@ def locate_cells(
     px.update({k: v for k, v in given.items() if v is not None})
     boxes = _locate(fluorescent, body_contrast=body_contrast, min_contrast=min_contrast, min_intensity=min_intensity,
                     channel=channel, peak_fraction=peak_fraction, min_local_contrast=min_local_contrast,
-                    min_peak=min_peak, max_gain=max_gain, min_peak_snr=min_peak_snr, run_gain=run_gain, **px)
+                    min_peak=min_peak, max_gain=max_gain, min_peak_snr=min_peak_snr, **px)
     if factor != 1.0:
         boxes = [_scaled_box(b, factor, w0, h0) for b in boxes]
     return boxes
@@ -222,21 +215,17 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
             min_intensity: float, channel: str, background_px: int, blur_sigma: float, open_px: int = 0,
             peak_fraction: float = 0.0, nucleus_px: int = 0, context_px: int = 1,
             min_local_contrast: float = 0.0, min_peak: float = 0.0, max_gain: float = 1.0,
-            min_peak_snr: float = 3.0, run_gain: float = 1.0) -> list[CellBox]:
+            min_peak_snr: float = 3.0) -> list[CellBox]:
     h, w = fluorescent.shape[:2]
     if h < 3 or w < 3:
         return []
     signal = nuclear_signal(fluorescent, channel=channel, background_px=background_px, blur_sigma=blur_sigma)
     if open_px >= 2:  # grey opening: bright structures thinner than a nuclear lobe (red-cell rims) sink to their surroundings
         signal = cv2.morphologyEx(signal, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px)))
-    if not (math.isfinite(run_gain) and run_gain > 0):
-        raise DataError(f"locate_cells: run_gain {run_gain!r} must be a positive number")
-    if run_gain != 1.0:
-        signal *= run_gain
-    gain = run_gain * exposure_gain(signal, min_peak=min_peak, max_gain=max_gain, min_snr=min_peak_snr,
-                                    nucleus_side=max(1, int(round(math.sqrt(min_area)))))
-    if gain != run_gain:
-        signal *= gain / run_gain
+    gain = exposure_gain(signal, min_peak=min_peak, max_gain=max_gain, min_snr=min_peak_snr,
+                         nucleus_side=max(1, int(round(math.sqrt(min_area)))))
+    if gain != 1.0:
+        signal *= gain
     signal8 = np.clip(signal, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(signal8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     threshold = max(float(otsu), float(min_contrast))
@@ -310,44 +299,6 @@ def exposure_gain(signal: np.ndarray, *, min_peak: float, max_gain: float, min_s
     gain = min(min_peak / peak, max_gain)
     log.debug("under-exposed fluorescence frame: brightest structure %.1f grey levels above background, gain %.2f", peak, gain)
     return gain
-
-
-REFERENCE_NUCLEUS = 90.0  # median brightness of the nuclei located on the simulator at 1x, 0.5x and 2x (87-93)
-
-
-class ExposureTracker:
-    """A run's fluorescence exposure, from the nuclei it has located. When the median brightness of
-    the last `window` located nuclei (as the frames recorded them) is clearly under `reference`, the
-    brightness the locator's floors were set at (more than `dead_band` times under), later frames get
-    `gain` = reference / median, at most `max_gain`: a dimmer lamp or a less sensitive camera then
-    finds the cells it would at the reference exposure, not only the brightest. Needs `min_cells`
-    nuclei first. One per run (its state is the run's); not thread-safe (the prepare stage owns it)."""
-
-    def __init__(self, reference: float = REFERENCE_NUCLEUS, window: int = 50, min_cells: int = 10,
-                 dead_band: float = 1.3, max_gain: float = 8.0):
-        self.reference, self.min_cells, self.dead_band, self.max_gain = reference, min_cells, dead_band, max_gain
-        self._recent: deque[float] = deque(maxlen=window)
-        self.gain = 1.0
-        self.cells = 0
-
-    def add(self, boxes: Sequence[CellBox]) -> float:
-        """Takes one frame's located cells; returns the gain for the next frame."""
-        for b in boxes:
-            if math.isfinite(b.intensity) and b.intensity > 0:
-                self._recent.append(float(b.intensity))
-                self.cells += 1
-        if len(self._recent) >= self.min_cells:
-            median = float(np.median(self._recent))
-            gain = min(self.reference / median, self.max_gain) if median * self.dead_band < self.reference else 1.0
-            if abs(gain - self.gain) > 0.05 * self.gain:
-                log.info("fluorescence exposure: located nuclei at %.0f grey levels (reference %.0f); gain %.2f",
-                         median, self.reference, gain)
-                self.gain = gain
-        return self.gain
-
-    def as_dict(self) -> dict[str, Any]:
-        median = round(float(np.median(self._recent)), 1) if self._recent else None
-        return {"gain": round(self.gain, 3), "nuclei_median": median, "reference": self.reference, "cells": self.cells}
 
 
 class _SurroundingGlow:

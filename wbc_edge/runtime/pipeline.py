@@ -213,7 +213,6 @@ class Analyzer:
         self.quant = params_for_bundle(self.bundle, str(getattr(self.runner, "precision", "fp32")))
         self._counted_probs: list[dict[str, float]] = []
         self._locate = locator
-        self._exposure = None  # the run's fluorescence exposure (locator.ExposureTracker), set by the default locator
         self._crop = cropper
         self._assembler_factory = assembler_factory
         self.gallery_per_class = int(gallery_per_class)
@@ -342,18 +341,9 @@ class Analyzer:
     # ---- the frontend stages (lazy so a custom locator needs no OpenCV contours) -----------
     def _locate_fn(self) -> Callable[[np.ndarray], list]:
         if self._locate is None:
-            from wbc_edge.runtime.locator import ExposureTracker, locate_cells
+            from wbc_edge.runtime.locator import locate_cells
 
-            if self._exposure is None:
-                self._exposure = ExposureTracker()
-            tracker = self._exposure
-
-            def locate(image: np.ndarray) -> list:
-                boxes = locate_cells(image, um_per_px=self.um_per_px, run_gain=tracker.gain)
-                tracker.add(boxes)
-                return boxes
-
-            return locate
+            return lambda image: locate_cells(image, um_per_px=self.um_per_px)
         return self._locate
 
     def _crop_fn(self) -> Callable[..., Any]:
@@ -514,7 +504,6 @@ class Analyzer:
         self._started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.differential = Differential(self.spec.classes)
         self._counted_probs = []
-        self._exposure = None  # the run's fluorescence exposure (locator.ExposureTracker), from its own cells
         self._status_text = ""
         self.gallery = {}
         state = _RunState()
@@ -817,6 +806,5 @@ class Analyzer:
             cells_discarded=state.cells_discarded, duration_s=snap["elapsed_s"],
             stop_reason=getattr(self, "_stop_reason", "") or "end of source", source=source_name,
             model=str(self.bundle.path), backend=self.runner.backend, precision=self.runner.precision,
-            results_path=str(getattr(writer, "path", "")) or None,
-            stats={**snap, **({"exposure": self._exposure.as_dict()} if getattr(self, "_exposure", None) else {})},
+            results_path=str(getattr(writer, "path", "")) or None, stats=snap,
             scale=f"{self.um_per_px:.4f} um/px ({self.scale_origin})")
