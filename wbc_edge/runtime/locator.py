@@ -4,8 +4,8 @@ Acridine Orange makes the nuclei of white cells glow green on a dark field; red 
 nucleus and stay dark. So: the green channel, minus its slowly varying background (white top-hat,
 which removes uneven illumination), blurred a little, brought up to a working level when the whole
 frame is dim (an under-exposed frame: a weaker lamp, a faint stain, another camera's gain), and
-thresholded by Otsu with a floor (an empty field must not turn its noise into cells). Lobes of one nucleus (a neutrophil has two to five)
-are merged by dilating the mask by half the merge distance; components that are too small or too
+thresholded by Otsu with a floor (an empty field must not turn its noise into cells). Lobes of one
+nucleus (a neutrophil has two to five) are merged by dilating the mask by half the merge distance; components that are too small or too
 dim (debris, platelets) or too large (clumps), and cells whose box reaches the frame border, are
 rejected. The box is the nucleus' bounding box grown by `cell_margin` to the cell's likely extent.
 
@@ -170,13 +170,14 @@ def locate_cells(
         of its box, every candidate cell's nucleus left out, so a touching neighbour is not glow): a
         nucleus stands out from its surroundings, a knot in a network of red-cell rims or stain debris
         does not. A ratio, so it holds at any exposure (0: off).
-    min_peak: a frame whose brightest nucleus-sized structure glows less than this above background
-        is under-exposed (the floors above were set on frames whose brightest nuclei lie at 110-220,
-        simulated and real); its signal is multiplied up to this level,
-        by at most `max_gain`, so the grey-level floors above hold at any exposure (0: off). Only when
-        that structure stands `min_peak_snr` times above the frame's 75th percentile (+1 grey level):
-        sensor noise alone stays under 2.7 even at a standard deviation of 20 grey levels, so a field
-        of noise is never amplified into cells.
+    min_peak: a frame whose brightest structure (after the opening: nothing thinner than a nuclear
+        lobe) glows less than this above background is under-exposed (the floors above were set on
+        frames whose brightest nuclei lie at 110-220, simulated and real); its signal, and the
+        cytoplasm glow, are multiplied up to this level, by at most `max_gain` (0: off; `exposure_gain`).
+        Only when a nucleus-sized area of it stands `min_peak_snr` times above the frame's 75th
+        percentile (+1 grey level): over a nucleus' area sensor noise stays under 2.4 (measured up to a
+        5 MP frame's working size and a standard deviation of 40 grey levels), so a field of noise is
+        not amplified. Decided per frame: a dim nucleus beside a bright one is not brought up.
     """
     if not isinstance(fluorescent, np.ndarray) or fluorescent.ndim not in (2, 3) or fluorescent.size == 0:
         raise DataError(f"locate_cells: expected an HxW or HxWx3 image, got {getattr(fluorescent, 'shape', type(fluorescent))}")
