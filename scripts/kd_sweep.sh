@@ -16,7 +16,7 @@ DATA=$1 TABLE=$2 WORK="${3:-$HERE/work-kd-sweep}"
 mkdir -p "$WORK"
 for setting in "a0.3-p0.1 --kd-alpha 0.3 --light-dropout 0.1" "a0.1-p0.1 --kd-alpha 0.1 --light-dropout 0.1" \
                "a1.0-p0.1 --kd-alpha 1.0 --light-dropout 0.1" "a0.1-p0.2 --kd-alpha 0.1 --light-dropout 0.2" \
-               "a1.0-p0.2 --kd-alpha 1.0 --light-dropout 0.2"; do
+               "a1.0-p0.2 --kd-alpha 1.0 --light-dropout 0.2" "a1.0-p0.15 --kd-alpha 1.0 --light-dropout 0.15"; do
   read -r name flags <<< "$setting"
   [ -f "$WORK/$name/table.md" ] && continue
   # shellcheck disable=SC2086
