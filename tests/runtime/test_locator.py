@@ -269,7 +269,7 @@ def test_an_under_exposed_frame_is_brought_up_and_a_well_exposed_one_left_alone(
 
 
 def test_a_field_of_strong_noise_is_not_amplified_into_cells():
-    from wbc_edge.runtime.locator import GEOMETRY, exposure_gain, nuclear_signal
+    from wbc_edge.runtime.locator import GEOMETRY, exposure_gain, opened_signal
 
     px = GEOMETRY.in_pixels(GEOMETRY.work_um_per_px)
     side = int(round(px["min_area"] ** 0.5))
@@ -278,7 +278,6 @@ def test_a_field_of_strong_noise_is_not_amplified_into_cells():
     for (h, w), background, sd in (((240, 320), 8, 10), ((240, 320), 30, 20), ((1024, 1224), 8, 20), ((1024, 1224), 8, 40)):
         noise = np.random.default_rng(sd).normal(background, sd, (h, w, 3)).clip(0, 255).astype(np.uint8)
         assert locate_cells(noise) == []
-        signal = nuclear_signal(noise, background_px=px["background_px"], blur_sigma=px["blur_sigma"])
-        signal = cv2.morphologyEx(signal, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (px["open_px"],) * 2))
+        signal = opened_signal(noise, background_px=px["background_px"], blur_sigma=px["blur_sigma"], open_px=px["open_px"])
         assert exposure_gain(signal, min_peak=100, max_gain=8, min_snr=3, nucleus_side=side) == 1.0
         assert exposure_gain(signal, min_peak=100, max_gain=8, min_snr=0, nucleus_side=side) > 1.0  # the guard decided

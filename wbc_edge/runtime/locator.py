@@ -120,6 +120,16 @@ def nuclear_signal(fluorescent: np.ndarray, *, channel: str = "green", backgroun
     return np.maximum(grey - background, 0.0)
 
 
+def opened_signal(fluorescent: np.ndarray, *, channel: str = "green", background_px: int = 61, blur_sigma: float = 1.0,
+                  open_px: int = 0) -> np.ndarray:
+    """`nuclear_signal` after a grey opening with an `open_px` disc: bright structures thinner than a
+    nuclear lobe (red-cell rims) sink to their surroundings. What the locator thresholds."""
+    signal = nuclear_signal(fluorescent, channel=channel, background_px=background_px, blur_sigma=blur_sigma)
+    if open_px >= 2:
+        signal = cv2.morphologyEx(signal, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px)))
+    return signal
+
+
 def locate_cells(
     fluorescent: np.ndarray,
     *,
@@ -220,9 +230,7 @@ def _locate(fluorescent: np.ndarray, *, min_area: int, max_area: int, min_body_a
     h, w = fluorescent.shape[:2]
     if h < 3 or w < 3:
         return []
-    signal = nuclear_signal(fluorescent, channel=channel, background_px=background_px, blur_sigma=blur_sigma)
-    if open_px >= 2:  # grey opening: bright structures thinner than a nuclear lobe (red-cell rims) sink to their surroundings
-        signal = cv2.morphologyEx(signal, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (open_px, open_px)))
+    signal = opened_signal(fluorescent, channel=channel, background_px=background_px, blur_sigma=blur_sigma, open_px=open_px)
     gain = exposure_gain(signal, min_peak=min_peak, max_gain=max_gain, min_snr=min_peak_snr,
                          nucleus_side=max(1, int(round(math.sqrt(min_area)))))
     if gain != 1.0:
