@@ -13,8 +13,9 @@
    simulator's frames: a labelled cell cut by the frame border is ignored, a label slip (a box under
    2 um) dropped, and benchmarks/data/chula_frames_review.csv adds the white cells the labels lack and
    marks ambiguous regions (a smudge), each looked at by eye. Reported for all frames and for the even
-   and odd halves (choose on one half, read the other). Then false finds in the frames' cell-free
-   windows (each made into its own four-light set), with and without the exposure gain.
+   and odd halves (choose on one half, read the other). The same frames with the stand-in
+   fluorescence at half its exposure, with and without the exposure gain; then false finds in the
+   frames' cell-free windows (each made into its own four-light set), with and without it.
 3. Four-light sets per second with the frames already in memory (no file decoding): assemble, locate,
    crop and infer (the packaged demo bundle, ONNX Runtime CPU, best precision) at 640x480 and at
    2448x2048, locating at the model's resolution (the default) and at the sensor's (`work_um_per_px=0`);
@@ -38,16 +39,19 @@ from wbc_edge.synth.frames import SyntheticCamera
 BRIGHT = ("color1", "color2", "color3")
 
 
+def dimmed(image: np.ndarray, exposure: float) -> np.ndarray:
+    """A frame at `exposure` of its light (a dimmer lamp, a shorter exposure): every grey level scaled
+    and rounded, as a sensor records it."""
+    return image if exposure == 1.0 else np.clip(np.rint(image.astype(np.float32) * exposure), 0, 255).astype(np.uint8)
+
+
 def simulator(scale: float, fields: int = 20, seed: int = 101, exposure: float = 1.0, **locator) -> dict:
     cam = SyntheticCamera(seed=seed, scale=scale)
     est = estimate_scale([cam.render_set(i)[0][light] for i in range(3) for light in BRIGHT])
     tp = fp = fn = 0
     for i in range(fields):
         images, truth = cam.render_set(i)
-        fluorescent = images["fluorescent"]
-        if exposure != 1.0:  # a dimmer lamp or a shorter exposure: every grey level scaled, as a sensor records it
-            fluorescent = np.clip(np.rint(fluorescent.astype(np.float32) * exposure), 0, 255).astype(np.uint8)
-        boxes = locate_cells(fluorescent, um_per_px=est.um_per_px, **locator)
+        boxes = locate_cells(dimmed(images["fluorescent"], exposure), um_per_px=est.um_per_px, **locator)
         # a cell the truth calls cut by the border is neither to be found nor a false find (an "ignore" cell)
         cut = [c.box for c in truth if c.cut_by_border]
         ignored = {i for i, _ in greedy_match(boxes, cut)}
@@ -115,34 +119,44 @@ def real(root: Path, review_path: Path = REVIEW) -> dict:
         sets = [json.loads(x) for x in (out / "truth.jsonl").read_text().splitlines()]
         frame = lambda i: read_image(out / "frames" / f"{i:06d}.png")  # noqa: E731
         est = estimate_scale([frame(s["frames"][k]) for s in sets[:3] for k in (1, 2, 3)])
-        totals = {half: dict.fromkeys(("tp", "fp", "fn", "cut", "slips", "added"), 0) for half in ("even", "odd")}
-        false_finds, missed = [], []
-        t_locate = 0.0
-        for n, s in enumerate(sets):
-            img = frame(s["frames"][0])
-            t0 = time.perf_counter()
-            boxes = locate_cells(img, um_per_px=est.um_per_px)
-            t_locate += time.perf_counter() - t0
-            sc = score_frame(boxes, [c["box"] for c in s["cells"]], review.get(s["source_file"], {}), est.um_per_px,
-                             img.shape[1], img.shape[0])
-            half = totals["even" if n % 2 == 0 else "odd"]
-            for k in half:
-                half[k] += sc[k]
-            false_finds += [(s["source_file"], b) for b in sc["false"]]
-            if sc["fn"]:
-                missed.append((s["source_file"], sc["fn"]))
+        fluorescent = [frame(s["frames"][0]) for s in sets]
 
-    def rates(t: dict) -> dict:
-        return {**t, "recall": round(t["tp"] / max(t["tp"] + t["fn"], 1), 4), "precision": round(t["tp"] / max(t["tp"] + t["fp"], 1), 4)}
+        def scored(exposure: float = 1.0, **locator) -> dict:
+            """Recall / precision over the frames (and per half) with the stand-in fluorescence at `exposure`."""
+            totals = {half: dict.fromkeys(("tp", "fp", "fn", "cut", "slips", "added"), 0) for half in ("even", "odd")}
+            false_finds, missed = [], []
+            t_locate = 0.0
+            for n, (s, img) in enumerate(zip(sets, fluorescent)):
+                img = dimmed(img, exposure)
+                t0 = time.perf_counter()
+                boxes = locate_cells(img, um_per_px=est.um_per_px, **locator)
+                t_locate += time.perf_counter() - t0
+                sc = score_frame(boxes, [c["box"] for c in s["cells"]], review.get(s["source_file"], {}), est.um_per_px,
+                                 img.shape[1], img.shape[0])
+                half = totals["even" if n % 2 == 0 else "odd"]
+                for k in half:
+                    half[k] += sc[k]
+                false_finds += [(s["source_file"], b) for b in sc["false"]]
+                if sc["fn"]:
+                    missed.append((s["source_file"], sc["fn"]))
+            both = {k: totals["even"][k] + totals["odd"][k] for k in totals["even"]}
+            return {**_rates(both), "halves": {h: _rates(t) for h, t in totals.items()},
+                    "locate_ms_per_frame": round(1000 * t_locate / len(sets), 1), "false_finds": false_finds,
+                    "frames_with_misses": missed}
 
-    both = {k: totals["even"][k] + totals["odd"][k] for k in totals["even"]}
-    return {"frames": len(sets), "estimate": est.describe(), **rates(both),
-            "halves": {h: rates(t) for h, t in totals.items()},
+        main_run = scored()
+        at_half = {name: {k: v for k, v in scored(0.5, **kw).items() if k in ("tp", "fp", "fn", "recall", "precision")}
+                   for name, kw in (("default", {}), ("no exposure gain", {"min_peak": 0.0}))}
+    return {"frames": len(sets), "estimate": est.describe(), **main_run,
             "scoring": (f"labels within {LABEL_EDGE_UM:g} um of the edge: cut by the border, ignored; labels under "
                         f"{MIN_LABEL_UM:g} um: slips, dropped; {review_path.name}: cells the labels lack, and ambiguous regions"),
-            "locate_ms_per_frame": round(1000 * t_locate / len(sets), 1), "false_finds": false_finds, "frames_with_misses": missed,
+            "half_exposure": at_half,
             "cell_free_regions": {name: cell_free_regions(root, review, est.um_per_px, **kw)
                                   for name, kw in (("default", {}), ("no exposure gain", {"min_peak": 0.0}))}}
+
+
+def _rates(t: dict) -> dict:
+    return {**t, "recall": round(t["tp"] / max(t["tp"] + t["fn"], 1), 4), "precision": round(t["tp"] / max(t["tp"] + t["fp"], 1), 4)}
 
 
 def cell_free_regions(root: Path, review: dict, um_per_px: float, side: int = 450, **locator) -> dict:
@@ -151,17 +165,14 @@ def cell_free_regions(root: Path, review: dict, um_per_px: float, side: int = 45
     four-light set (so the stand-in is normalised on red cells and plasma alone, harsher than a frame
     with a nucleus in it). Every find there is false; returns the windows, the finds and the windows
     with any."""
-    import csv
-
     from wbc_edge.data.images import read_image
-    from wbc_edge.data.smear_frames import four_lights
+    from wbc_edge.data.smear_frames import four_lights, read_boxes
 
-    with open(root / "boxes.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    labelled = read_boxes(root / "boxes.csv")
     windows = finds = with_finds = 0
-    for name in sorted({r["filename"] for r in rows}):
+    for name in sorted({b.filename for b in labelled}):
         rgb = read_image(root / "images" / name)
-        taken = [[float(r[k]) for k in ("xmin", "ymin", "xmax", "ymax")] for r in rows if r["filename"] == name]
+        taken = [list(b.box) for b in labelled if b.filename == name]
         taken += [b for kind in review.get(name, {}).values() for b in kind]
         h, w = rgb.shape[:2]
         for y in range(0, h - side + 1, side // 2):
