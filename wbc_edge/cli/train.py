@@ -1,6 +1,6 @@
 """wbc-train: cross-validated training of one method; `table` and `complexity` subcommands.
 
-    wbc-train --data DIR --method mimo-kd --backbone shufflenet_v2_x1_0 --folds 5 --epochs 24 \\
+    wbc-train --data DIR --method mimo-kd --backbone shufflenet_v2_x1_0 --folds 5 --epochs 32 \\
               --img-size 64 --out RUN_DIR [--fold-subset 0,1] [--teachers RUN_DIR] [--resume]
     torchrun --nproc_per_node 2 -m wbc_edge.cli.train ...   (DistributedDataParallel)
     wbc-train table --data DIR --backbone NAME --out RUN_DIR ...

@@ -50,9 +50,9 @@ class TrainConfig:
     method: str = _field("mimo-kd", "single:<light>, early, late, mimo, early-kd or mimo-kd")
     backbone: str = _field("shufflenet_v2_x1_0", "backbone (see --list-backbones)")
     img_size: int = _field(64, "input size in px", metavar="PX")
-    # measured on real cells (docs/training.md, "Real cells"): MM-MIMO + KD 93.7 at 12 epochs, its worst light
-    # missing 82; 96.7 at 24, worst missing 92. Early fusion gains little (94.0 -> 94.4).
-    epochs: int = _field(24, "training epochs", metavar="N")
+    # measured on real cells (docs/training.md, "Real cells"): MM-MIMO + KD on fold 0 93.7 at 12 epochs, its
+    # worst light missing 82, 96.7 / 92 at 24; on five folds 95.20 / 89.7 at 24, 95.54 / 91.5 at 32.
+    epochs: int = _field(32, "training epochs", metavar="N")
     batch_size: int = _field(64, "batch size per process", metavar="N")
     lr: float | None = _field(None, "AdamW peak learning rate (default: per backbone, 4e-3 ShuffleNetV2, 1e-3 ResNet)")
     weight_decay: float = _field(0.05, "AdamW weight decay")
