@@ -7,8 +7,10 @@
 #
 # Usage: scripts/kd_sweep.sh DATA TABLE_DIR [WORK_DIR]
 #   DATA       the four-light set the table ran on (e.g. the pbc_dev rgb-hed set, `wbc-data four-light`)
-#   TABLE_DIR  a finished `wbc-train table --folds 5` run (its folds hold the teachers; the docs' 32-epoch
-#              rows used a 32-epoch table's)
+#   TABLE_DIR  a finished `wbc-train table --folds 5` run (its folds hold the teachers). The docs' rows:
+#              a 24-epoch table for every setting but the last, a 32-epoch table for a0.3-p0.1-e32
+#              (a1.0-p0.1-e32 ran with both: 24-epoch teachers 95.54, 32-epoch ones 95.27)
+# A setting's own --epochs comes after the script's --epochs 24 and overrides it (argparse: last wins).
 #   WORK_DIR   where each setting's run goes (default scripts/work-kd-sweep); a finished one is skipped
 # Read each setting's WORK_DIR/<name>/table.md: weighted F1 and the one-light-missing table.
 set -euo pipefail

@@ -51,8 +51,8 @@ class TrainConfig:
     backbone: str = _field("shufflenet_v2_x1_0", "backbone (see --list-backbones)")
     img_size: int = _field(64, "input size in px", metavar="PX")
     # measured on real cells (docs/training.md, "Real cells"): MM-MIMO + KD on fold 0 93.7 at 12 epochs, its
-    # worst light missing 82, 96.7 / 92 at 24; five-fold table 95.20 / 89.7 at 24, 95.27 / 90.1 at 32 (early fusion
-    # gains as much: 94.95 -> 95.67).
+    # worst light missing 82, 96.7 / 92 at 24; five folds at KD weight 0.3 94.53 / 90.3 at 24, 95.87 / 92.0 at 32
+    # (early fusion 94.95 -> 95.67).
     epochs: int = _field(32, "training epochs", metavar="N")
     batch_size: int = _field(64, "batch size per process", metavar="N")
     lr: float | None = _field(None, "AdamW peak learning rate (default: per backbone, 4e-3 ShuffleNetV2, 1e-3 ResNet)")
